@@ -1,0 +1,158 @@
+//! Who is calling: app users by HS256 JWT, RouteAPI by static API key.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::AuthConfig;
+use crate::error::Error;
+use crate::protocol::UserId;
+
+/// Clock skew tolerated on `exp` (PROTOCOL.md).
+const EXP_LEEWAY_SECS: u64 = 60;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Checks app tokens and RouteAPI keys; built once from config and shared.
+pub struct Authenticator {
+    decoding: DecodingKey,
+    validation: Validation,
+    api_keys: Vec<Vec<u8>>,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = EXP_LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            decoding: DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+            validation,
+            api_keys: config
+                .api_keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    /// The user a token speaks for, if it is signed with our secret, unexpired, and its `sub`
+    /// is a valid user id.
+    pub fn user_of_token(&self, token: &str) -> Result<UserId, Error> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| Error::Unauthorized(format!("invalid token: {e}")))?;
+        UserId::parse(&data.claims.sub)
+            .map_err(|_| Error::Unauthorized("token's sub is not a valid user id".into()))
+    }
+
+    /// Whether `key` is one of the configured API keys. Every key is compared in full, in
+    /// constant time, so the timing tells an attacker nothing about how close a guess was.
+    pub fn is_api_key(&self, key: &str) -> bool {
+        self.api_keys.iter().fold(false, |found, k| {
+            found | bool::from(k.as_slice().ct_eq(key.as_bytes()))
+        })
+    }
+}
+
+/// Signs a token for `user` valid for `ttl` (the `token` subcommand, tests, demos).
+pub fn issue_token(secret: &str, user: &UserId, ttl: Duration) -> Result<String, Error> {
+    let now = crate::protocol::now_ms() / 1000;
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| Error::Internal(format!("cannot sign token: {e}")))
+}
+
+/// Parses a TTL like `90s`, `30m`, `1h`, `7d`, or plain seconds.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid ttl {text:?}: expected e.g. 30m, 1h, 7d"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid ttl unit {unit:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number * unit_secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            jwt_secret: "s3cret".into(),
+            api_keys: vec!["key-1".into(), "key-2".into()],
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_wrong_secrets_fail() {
+        let auth = Authenticator::new(&config());
+        let user = UserId::parse("rider-1").unwrap();
+        let token = issue_token("s3cret", &user, Duration::from_secs(60)).unwrap();
+        assert_eq!(auth.user_of_token(&token).unwrap(), user);
+        let forged = issue_token("other", &user, Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            auth.user_of_token(&forged).unwrap_err().code(),
+            "unauthorized"
+        );
+        assert!(auth.user_of_token("garbage").is_err());
+    }
+
+    #[test]
+    fn expired_tokens_fail_past_the_leeway() {
+        let auth = Authenticator::new(&config());
+        let now = crate::protocol::now_ms() / 1000;
+        let sign = |exp: u64| {
+            let claims = Claims {
+                sub: "u".into(),
+                exp,
+                iat: None,
+            };
+            let key = EncodingKey::from_secret(b"s3cret");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        assert!(auth.user_of_token(&sign(now - 30)).is_ok(), "within leeway");
+        assert!(auth.user_of_token(&sign(now - 120)).is_err(), "past leeway");
+    }
+
+    #[test]
+    fn api_keys() {
+        let auth = Authenticator::new(&config());
+        assert!(auth.is_api_key("key-2"));
+        assert!(!auth.is_api_key("key-"));
+        assert!(!auth.is_api_key(""));
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Typed configuration: every key of PROTOCOL.md's config file, its default, and validation.
+//!
+//! A key's doc comment says why it exists; `config/chat-engine.toml` repeats them for operators.
+//! Unknown keys are refused, so a typo in a key name fails at start-up instead of silently
+//! falling back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// HS256 secret used when no config sets one. Anyone can mint tokens with it.
+pub const DEV_JWT_SECRET: &str = "chat-engine-dev-secret-change-me";
+/// RouteAPI key used when no config sets one. Anyone can call REST with it.
+pub const DEV_API_KEY: &str = "chat-engine-dev-api-key";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub history: HistoryConfig,
+    pub limits: LimitsConfig,
+    pub direct: DirectConfig,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP and WebSocket listener binds.
+    pub listen: String,
+    /// How long shutdown waits for connections to take their close frame before dropping them.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// RocksDB directory.
+    pub path: PathBuf,
+    /// Writes waiting for the group-commit writer; senders wait for a slot beyond it.
+    pub write_queue: usize,
+    /// Most writes one group commit (one WriteBatch, one WAL sync) takes.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret that app tokens are signed with.
+    pub jwt_secret: String,
+    /// Bearer keys RouteAPI may use.
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Messages a `sync` with no cursor returns when it gives no `limit`.
+    pub default_last: usize,
+    /// Days history is kept; 0 keeps it forever.
+    pub retention_days: u64,
+    /// Committed messages kept in memory per room, so the common `sync` never reads disk.
+    pub cache_per_room: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `text` plus `data` (as JSON) of one message.
+    pub max_message_bytes: usize,
+    /// One WebSocket frame; a larger one closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// One REST request body; a larger one gets 413.
+    pub max_body_bytes: usize,
+    /// Frames waiting to be written to one connection; full closes it with 1013.
+    pub outbound_queue: usize,
+    /// Bad frames in a row before the connection is closed with 1008.
+    pub max_bad_frames: u32,
+    /// Sends per second per connection (token bucket, bursts of twice this).
+    pub send_rate: u32,
+    /// Live WebSocket connections one user may hold; one more gets HTTP 429.
+    pub max_connections_per_user: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectPolicy {
+    /// Only users who share a route room may open a direct room.
+    SharedRoom,
+    /// Any two users may.
+    Any,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectConfig {
+    pub policy: DirectPolicy,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis for cluster mode (cargo feature `redis`); unset runs a single node.
+    pub redis_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            shutdown_grace_ms: 2_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data"),
+            write_queue: 16_384,
+            max_batch: 1_024,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEV_JWT_SECRET.into(),
+            api_keys: vec![DEV_API_KEY.into()],
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            default_last: 50,
+            retention_days: 0,
+            cache_per_room: 200,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16_384,
+            max_frame_bytes: 65_536,
+            max_body_bytes: 65_536,
+            outbound_queue: 1_024,
+            max_bad_frames: 100,
+            send_rate: 20,
+            max_connections_per_user: 16,
+        }
+    }
+}
+
+impl Default for DirectConfig {
+    fn default() -> Self {
+        Self {
+            policy: DirectPolicy::SharedRoom,
+        }
+    }
+}
+
+/// Why a config could not be used; printed as the one-line reason before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message spans several lines (it quotes the source); the reason must be one.
+            reason: e.message().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses, non-zero limits, non-empty secrets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: String| Err(ConfigError::Invalid(s));
+        if self.listen_addr().is_none() {
+            return invalid(format!(
+                "server.listen {:?} is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ));
+        }
+        if self.auth.jwt_secret.is_empty() {
+            return invalid("auth.jwt_secret is empty".into());
+        }
+        if self.auth.api_keys.iter().any(String::is_empty) {
+            return invalid("auth.api_keys holds an empty key".into());
+        }
+        let limits = &self.limits;
+        for (name, value) in [
+            ("limits.max_message_bytes", limits.max_message_bytes),
+            ("limits.max_frame_bytes", limits.max_frame_bytes),
+            ("limits.max_body_bytes", limits.max_body_bytes),
+            ("limits.outbound_queue", limits.outbound_queue),
+            ("limits.max_bad_frames", limits.max_bad_frames as usize),
+            ("limits.send_rate", limits.send_rate as usize),
+            (
+                "limits.max_connections_per_user",
+                limits.max_connections_per_user,
+            ),
+            ("history.default_last", self.history.default_last),
+            ("storage.write_queue", self.storage.write_queue),
+            ("storage.max_batch", self.storage.max_batch),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if self.history.default_last > crate::protocol::MAX_SYNC_LIMIT {
+            return invalid(format!(
+                "history.default_last must be at most {}",
+                crate::protocol::MAX_SYNC_LIMIT
+            ));
+        }
+        if self.cluster.redis_url.is_some() && !cfg!(feature = "redis") {
+            return invalid(
+                "cluster.redis_url is set but this build has no `redis` feature".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.server.listen.parse().ok()
+    }
+
+    /// The built-in development secrets in use, for the start-up warning.
+    pub fn development_secrets(&self) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        if self.auth.jwt_secret == DEV_JWT_SECRET {
+            found.push("auth.jwt_secret");
+        }
+        if self.auth.api_keys.iter().any(|k| k == DEV_API_KEY) {
+            found.push("auth.api_keys");
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.limits.max_message_bytes, 16_384);
+        assert_eq!(config.direct.policy, DirectPolicy::SharedRoom);
+        assert_eq!(
+            config.development_secrets(),
+            ["auth.jwt_secret", "auth.api_keys"]
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        assert!(parse("[limits]\nmax_frame_bytes = \"big\"").is_err());
+        assert!(parse("[direct]\npolicy = \"everyone\"").is_err());
+        assert!(parse("[server]\nlisten = \"nowhere\"").is_err());
+        assert!(parse("[limits]\noutbound_queue = 0").is_err());
+        assert!(parse("[limits]\nmax_frame_byte = 10").is_err());
+        assert!(parse("not toml [").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../config/chat-engine.toml");
+        let config = parse(text).unwrap();
+        assert!(config.development_secrets().is_empty());
+    }
+}

@@ -1,0 +1,296 @@
+//! One open room in memory: members, seq/ts counters, the recent-message cache and the
+//! window of recent `client_msg_id`s.
+//!
+//! Everything mutable sits behind the room's one mutex, held only for short, synchronous
+//! steps (never across an `.await`). Two counters matter: `assigned` is the last seq handed
+//! out; `committed` is the last one durable, and the only one anybody can see.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::connections::lock;
+use crate::protocol::{Message, RoomId, RoomKind, RoomView, UserId};
+
+/// A seq and the ts that goes with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub seq: u64,
+    pub ts: u64,
+}
+
+impl Stamp {
+    /// The stamp after this one: ts is `max(now, previous + 1)` so it strictly increases.
+    pub fn next(self, now: u64) -> Stamp {
+        Stamp {
+            seq: self.seq + 1,
+            ts: now.max(self.ts + 1),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Last seq the member has read; unread counts what comes after it.
+    pub read_seq: u64,
+}
+
+pub struct Room {
+    pub id: RoomId,
+    /// Prefix of the room's message keys on disk.
+    pub number: u64,
+    pub kind: RoomKind,
+    pub owner: Option<UserId>,
+    pub created_ts: u64,
+    /// Moves when a failed write rolls this room back; writes built before it are refused.
+    pub generation: Arc<AtomicU64>,
+    state: Mutex<RoomState>,
+}
+
+/// Who a sender is, for dedup: a user, or RouteAPI (`None`).
+pub type DedupKey = (Option<UserId>, String);
+
+pub struct RoomState {
+    pub closed: bool,
+    pub members: BTreeMap<UserId, Member>,
+    /// The members when the last membership change was made, shared by every message
+    /// assigned since: a message goes to exactly the members it was sent to.
+    pub audience: Arc<[UserId]>,
+    pub assigned: Stamp,
+    pub committed: Stamp,
+    /// Oldest seq still stored.
+    pub first_seq: u64,
+    /// The newest committed messages, ascending by seq, at most `cache_limit`.
+    pub recent: VecDeque<Arc<Message>>,
+    cache_limit: usize,
+    /// Recent `client_msg_id`s and what they were answered with, oldest first.
+    dedup: HashMap<DedupKey, Stamp>,
+    dedup_order: VecDeque<(DedupKey, u64)>,
+    /// Bumped each time a committed entry leaves the dedup window; a sender that checked
+    /// disk compares it to know whether the window lost an entry meanwhile.
+    pub dedup_evictions: u64,
+    /// Whether the window holds every `client_msg_id` the room ever had (a room created by
+    /// this process that never evicted one), so a miss needs no disk read.
+    pub dedup_complete: bool,
+}
+
+impl Room {
+    pub fn new(
+        id: RoomId,
+        number: u64,
+        kind: RoomKind,
+        owner: Option<UserId>,
+        created_ts: u64,
+        state: RoomState,
+    ) -> Room {
+        Room {
+            id,
+            number,
+            kind,
+            owner,
+            created_ts,
+            generation: Arc::new(AtomicU64::new(0)),
+            state: Mutex::new(state),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, RoomState> {
+        lock(&self.state)
+    }
+
+    /// The room as clients see it; `unread` only for `rooms` replies.
+    pub fn view(&self, state: &RoomState, unread: Option<u64>) -> RoomView {
+        RoomView {
+            room_id: self.id.clone(),
+            kind: self.kind,
+            owner_id: self.owner.clone(),
+            members: state.members.keys().cloned().collect(),
+            created_ts: self.created_ts,
+            last_seq: state.committed.seq,
+            last_ts: state.committed.ts,
+            unread,
+        }
+    }
+}
+
+impl RoomState {
+    pub fn new(
+        members: BTreeMap<UserId, Member>,
+        last: Stamp,
+        first_seq: u64,
+        recent: VecDeque<Arc<Message>>,
+        cache_limit: usize,
+        brand_new: bool,
+    ) -> RoomState {
+        let mut state = RoomState {
+            closed: false,
+            members,
+            audience: Arc::from(Vec::new()),
+            assigned: last,
+            committed: last,
+            first_seq,
+            recent,
+            cache_limit,
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            dedup_evictions: 0,
+            dedup_complete: brand_new,
+        };
+        state.refresh_audience();
+        state
+    }
+
+    /// Call after every membership change.
+    pub fn refresh_audience(&mut self) {
+        self.audience = self.members.keys().cloned().collect();
+    }
+
+    pub fn is_member(&self, user: &UserId) -> bool {
+        self.members.contains_key(user)
+    }
+
+    pub fn dedup_lookup(&self, key: &DedupKey) -> Option<Stamp> {
+        self.dedup.get(key).copied()
+    }
+
+    pub fn dedup_insert(&mut self, key: DedupKey, stamp: Stamp) {
+        self.dedup_order.push_back((key.clone(), stamp.seq));
+        self.dedup.insert(key, stamp);
+    }
+
+    /// Makes a committed message visible: cache it and trim the cache and dedup window.
+    pub fn commit(&mut self, message: Arc<Message>) {
+        self.committed = Stamp {
+            seq: message.seq,
+            ts: message.ts,
+        };
+        self.recent.push_back(message);
+        while self.recent.len() > self.cache_limit {
+            self.recent.pop_front();
+        }
+        // Only committed entries leave the window: they are on disk for later lookups.
+        while self.dedup_order.len() > self.cache_limit {
+            match self.dedup_order.front() {
+                Some((_, seq)) if *seq <= self.committed.seq => {
+                    if let Some((key, _)) = self.dedup_order.pop_front() {
+                        self.dedup.remove(&key);
+                        self.dedup_evictions += 1;
+                        self.dedup_complete = false;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Forgets everything assigned but not committed (after a failed write).
+    pub fn roll_back_uncommitted(&mut self) {
+        let committed = self.committed.seq;
+        self.assigned = self.committed;
+        self.dedup_order.retain(|(_, seq)| *seq <= committed);
+        self.dedup.retain(|_, stamp| stamp.seq <= committed);
+    }
+
+    /// Messages `from..=to` if the cache holds all of them.
+    pub fn cached(&self, from: u64, to: u64) -> Option<Vec<Arc<Message>>> {
+        if from > to {
+            return Some(Vec::new());
+        }
+        let first = self.recent.front()?.seq;
+        if from < first || to > self.committed.seq {
+            return None;
+        }
+        let start = (from - first) as usize;
+        let end = (to - first) as usize;
+        Some(self.recent.range(start..=end).cloned().collect())
+    }
+
+    /// The first seq with ts > `ts`, if the cache can tell (it holds every message newer
+    /// than `ts`).
+    pub fn cached_seq_after_ts(&self, ts: u64) -> Option<u64> {
+        let oldest = self.recent.front();
+        let covers = match oldest {
+            Some(oldest) => oldest.ts <= ts || oldest.seq <= self.first_seq,
+            None => self.committed.seq < self.first_seq,
+        };
+        if !covers {
+            return None;
+        }
+        let index = self.recent.partition_point(|m| m.ts <= ts);
+        Some(
+            self.recent
+                .get(index)
+                .map_or(self.committed.seq + 1, |m| m.seq),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageKind;
+
+    fn message(seq: u64, ts: u64) -> Arc<Message> {
+        Arc::new(Message {
+            room_id: RoomId::parse("r").unwrap(),
+            seq,
+            ts,
+            sender: None,
+            kind: MessageKind::System,
+            text: String::new(),
+            data: None,
+            client_msg_id: None,
+        })
+    }
+
+    fn state(cache_limit: usize) -> RoomState {
+        RoomState::new(
+            BTreeMap::new(),
+            Stamp::default(),
+            1,
+            VecDeque::new(),
+            cache_limit,
+            true,
+        )
+    }
+
+    #[test]
+    fn stamps_strictly_increase_even_when_the_clock_does_not() {
+        let first = Stamp::default().next(1000);
+        assert_eq!(first, Stamp { seq: 1, ts: 1000 });
+        assert_eq!(first.next(900), Stamp { seq: 2, ts: 1001 });
+        assert_eq!(first.next(5000), Stamp { seq: 2, ts: 5000 });
+    }
+
+    #[test]
+    fn cache_serves_only_what_it_holds() {
+        let mut state = state(3);
+        for seq in 1..=5 {
+            state.commit(message(seq, seq * 10));
+        }
+        assert_eq!(state.recent.len(), 3);
+        assert!(state.cached(3, 5).is_some());
+        assert!(state.cached(2, 5).is_none(), "2 was evicted");
+        assert!(state.cached(4, 6).is_none(), "6 not committed");
+        assert_eq!(state.cached_seq_after_ts(35), Some(4));
+        assert_eq!(state.cached_seq_after_ts(50), Some(6));
+        assert_eq!(state.cached_seq_after_ts(15), None, "seq 2 may be newer");
+    }
+
+    #[test]
+    fn dedup_window_keeps_uncommitted_entries_and_counts_evictions() {
+        let mut state = state(1);
+        let key = |n: &str| (None, n.to_string());
+        state.dedup_insert(key("a"), Stamp { seq: 1, ts: 1 });
+        state.dedup_insert(key("b"), Stamp { seq: 2, ts: 2 });
+        state.commit(message(1, 1));
+        assert_eq!(state.dedup_lookup(&key("a")), None);
+        assert_eq!(state.dedup_evictions, 1);
+        assert!(!state.dedup_complete);
+        state.dedup_insert(key("c"), Stamp { seq: 3, ts: 3 });
+        state.roll_back_uncommitted();
+        assert_eq!(state.dedup_lookup(&key("b")), None);
+        assert_eq!(state.dedup_lookup(&key("c")), None);
+        assert_eq!(state.assigned, state.committed);
+    }
+}

@@ -1,0 +1,89 @@
+//! The HTTP edge (tide): routes, API-key auth, body limits, error bodies, operations
+//! endpoints, and the WebSocket upgrade that hands the socket to [`crate::ws`].
+//!
+//! tide (and through it async-std) stays inside this module, so it can be replaced without
+//! touching the engine.
+
+mod rest;
+mod upgrade;
+
+use serde::Serialize;
+use tide::{Request, Response, StatusCode};
+
+use crate::engine::Engine;
+use crate::error::Error;
+
+type Req = Request<Engine>;
+
+/// Serves HTTP and WebSocket on `listener` until the returned future is dropped.
+pub async fn serve(listener: std::net::TcpListener, engine: Engine) -> std::io::Result<()> {
+    let mut app = tide::with_state(engine);
+    app.at("/healthz")
+        .get(|_| async { Ok(json(StatusCode::Ok, &Status { status: "ok" })) });
+    app.at("/readyz").get(readyz);
+    app.at("/v1/ws").get(upgrade::websocket);
+    rest::routes(&mut app);
+    app.listen(listener).await
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+async fn readyz(req: Req) -> tide::Result {
+    Ok(if req.state().is_ready() {
+        json(StatusCode::Ok, &Status { status: "ready" })
+    } else {
+        json(
+            StatusCode::ServiceUnavailable,
+            &Status {
+                status: "storage unavailable",
+            },
+        )
+    })
+}
+
+/// A JSON response.
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let mut response = Response::new(status);
+    match serde_json::to_string(body) {
+        Ok(text) => {
+            response.set_body(text);
+            response.set_content_type(tide::http::mime::JSON);
+        }
+        Err(e) => {
+            log::error!("cannot encode response body: {e}");
+            response.set_status(StatusCode::InternalServerError);
+        }
+    }
+    response
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+}
+
+/// The protocol's error body, with the status the protocol gives the error.
+fn error_response(error: &Error) -> Response {
+    let status =
+        StatusCode::try_from(error.http_status()).unwrap_or(StatusCode::InternalServerError);
+    json(
+        status,
+        &ErrorBody {
+            code: error.code(),
+            message: error.to_string(),
+        },
+    )
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(req: &Req) -> Option<String> {
+    let value = req.header("Authorization")?.last().as_str().trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}

@@ -1,0 +1,66 @@
+//! `GET /v1/ws`: authenticates, registers the connection (so pushes start at once), and
+//! upgrades to WebSocket.
+
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use tide::{Response, StatusCode};
+
+use super::{bearer, error_response, Req};
+use crate::error::Error;
+
+pub async fn websocket(req: Req) -> tide::Result {
+    let engine = req.state().clone();
+    let token = bearer(&req).or_else(|| {
+        req.url()
+            .query_pairs()
+            .find(|(key, _)| key == "token")
+            .map(|(_, value)| value.into_owned())
+    });
+    let Some(token) = token else {
+        return Ok(error_response(&Error::Unauthorized(
+            "a token is required: Authorization: Bearer <token> or ?token=".into(),
+        )));
+    };
+    let user = match engine.auth().user_of_token(&token) {
+        Ok(user) => user,
+        Err(error) => return Ok(error_response(&error)),
+    };
+    let wants_upgrade =
+        header_has(&req, "Connection", "upgrade") && header_has(&req, "Upgrade", "websocket");
+    let key = req
+        .header("Sec-WebSocket-Key")
+        .map(|k| k.last().as_str().to_owned());
+    let (true, Some(key)) = (wants_upgrade, key) else {
+        let mut response =
+            error_response(&Error::BadRequest("expected a WebSocket upgrade".into()));
+        response.set_status(StatusCode::UpgradeRequired);
+        return Ok(response);
+    };
+    let (connection, queues) = match engine.connect(&user) {
+        Ok(registered) => registered,
+        Err(error) => return Ok(error_response(&error)),
+    };
+    let mut response = Response::new(StatusCode::SwitchingProtocols);
+    response.insert_header("Upgrade", "websocket");
+    response.insert_header("Connection", "Upgrade");
+    response.insert_header("Sec-WebSocket-Accept", derive_accept_key(key.as_bytes()));
+    let http_response: &mut tide::http::Response = response.as_mut();
+    let upgraded = http_response.recv_upgrade().await;
+    smol::spawn(async move {
+        match upgraded.await {
+            Some(socket) => crate::ws::serve(engine, connection, queues, socket).await,
+            None => engine.disconnect(&connection),
+        }
+    })
+    .detach();
+    Ok(response)
+}
+
+fn header_has(req: &Req, name: &str, token: &str) -> bool {
+    req.header(name).is_some_and(|values| {
+        values.iter().any(|v| {
+            v.as_str()
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}

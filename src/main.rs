@@ -1,0 +1,111 @@
+//! The `chat-engine` binary: command line, logging, config, bind, and run until a signal.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use log::LevelFilter;
+use structopt::StructOpt;
+
+use chat_engine::config::Config;
+use chat_engine::protocol::UserId;
+
+#[derive(StructOpt)]
+#[structopt(name = "chat-engine", about = "Self-hosted chat engine")]
+enum Command {
+    /// Runs one node until SIGTERM or SIGINT.
+    Serve {
+        /// TOML config file; without it, built-in development defaults.
+        #[structopt(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen).
+        #[structopt(long)]
+        listen: Option<String>,
+        /// Data directory (overrides storage.path).
+        #[structopt(long)]
+        data: Option<PathBuf>,
+    },
+    /// Prints a token for a user, signed with the configured secret.
+    Token {
+        user: String,
+        /// How long the token is valid: 90s, 30m, 1h, 7d.
+        #[structopt(long, default_value = "1h")]
+        ttl: String,
+        #[structopt(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(LevelFilter::Info)
+        .with_module_level("tide", LevelFilter::Warn)
+        .env();
+    // Only fails if a logger is already set, which nothing else here does.
+    let _ = logger.init();
+    if let Err(error) = run(Command::from_args()) {
+        eprintln!("chat-engine: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            listen,
+            data,
+        } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(data) = data {
+                config.storage.path = data;
+            }
+            config.validate()?;
+            serve(config)
+        }
+        Command::Token { user, ttl, config } => {
+            let config = load_config(config.as_ref())?;
+            let user = UserId::parse(&user)?;
+            let ttl = chat_engine::auth::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            println!(
+                "{}",
+                chat_engine::auth::issue_token(&config.auth.jwt_secret, &user, ttl)?
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    for key in config.development_secrets() {
+        log::warn!(
+            "!!! {key} is the built-in DEVELOPMENT value: anyone can use it. \
+             Set your own in the config file before this server faces a network. !!!"
+        );
+    }
+    let address = config.listen_addr().context("server.listen")?;
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("cannot listen on {address}"))?;
+    log::info!("listening on {}", listener.local_addr()?);
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .context("cannot install signal handlers")?;
+    let stop = async move {
+        if let Some(Ok(signal)) = signals.next().await {
+            log::info!("received {signal:?}: shutting down");
+        }
+    };
+    smol::block_on(chat_engine::run(listener, config, stop))?;
+    log::info!("stopped cleanly");
+    Ok(())
+}

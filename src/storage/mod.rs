@@ -1,0 +1,411 @@
+//! RocksDB storage: opening and versioning the data directory, the reads the engine needs,
+//! and (in [`writer`]) the group-commit writer every change goes through.
+//!
+//! Every call here blocks; the engine runs them on the writer thread or through
+//! `smol::unblock`, never on the async executor.
+
+pub mod codec;
+pub mod keys;
+pub mod writer;
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
+
+pub use codec::{DedupRecord, MemberRecord, MessageRecord, RoomRecord};
+pub use keys::Cf;
+pub use writer::{KeyWrite, WriteOp, Writer};
+
+use crate::error::Error;
+
+/// The schema version this build writes. Data from an older version is migrated at start-up;
+/// data from a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Ordered migrations: `(from, step)` upgrades a data directory at version `from` to
+/// `from + 1`. Empty while there has only ever been version 1.
+type Migration = fn(&Storage) -> Result<(), StorageError>;
+const MIGRATIONS: &[(u32, Migration)] = &[];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Db(String),
+    #[error("corrupt record in column family {cf}: {reason}")]
+    Corrupt { cf: &'static str, reason: String },
+    #[error("record in column family {cf} has format version {version}, which this build does not know (written by a newer chat-engine?)")]
+    UnknownFormat { cf: &'static str, version: u8 },
+    #[error("data directory has schema version {found}; this build knows up to {SCHEMA_VERSION} (written by a newer chat-engine?)")]
+    NewerSchema { found: u32 },
+    /// The write was built on in-memory state that an earlier failed write rolled back.
+    #[error("an earlier write failed; retry")]
+    Superseded,
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        StorageError::Db(e.into_string())
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Db(_) | StorageError::Superseded | StorageError::Closed => {
+                Error::Unavailable(format!("storage unavailable: {e}"))
+            }
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Where a message range starts and which way it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqRange {
+    /// Messages with seq > the bound, oldest first.
+    After(u64),
+    /// Messages with seq < the bound, the newest `limit` of them, returned oldest first.
+    Before(u64),
+}
+
+pub struct Storage {
+    db: DB,
+}
+
+impl Storage {
+    /// Opens (or creates) the data directory and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let families = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, families)?;
+        let storage = Storage { db };
+        storage.upgrade_schema()?;
+        Ok(storage)
+    }
+
+    fn upgrade_schema(&self) -> Result<(), StorageError> {
+        let stored = self.get::<u32>(Cf::Meta, keys::META_SCHEMA_VERSION)?;
+        let mut version = match stored {
+            Some(version) => version,
+            None if self.is_empty()? => SCHEMA_VERSION,
+            None => {
+                return Err(StorageError::Corrupt {
+                    cf: Cf::Meta.name(),
+                    reason: "data present but no schema version".into(),
+                })
+            }
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StorageError::NewerSchema { found: version });
+        }
+        for (from, migrate) in MIGRATIONS {
+            if *from == version {
+                log::info!(
+                    "migrating data directory from schema {from} to {}",
+                    from + 1
+                );
+                migrate(self)?;
+                version = from + 1;
+            }
+        }
+        if stored != Some(version) {
+            self.write(
+                &[KeyWrite::put(Cf::Meta, keys::META_SCHEMA_VERSION, &version)],
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool, StorageError> {
+        for cf in Cf::ALL {
+            if let Some(entry) = self.db.iterator_cf(self.cf(cf), IteratorMode::Start).next() {
+                entry?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // Every family in `Cf::ALL` is created at open.
+        self.db.cf_handle(cf.name()).expect("column family opened")
+    }
+
+    /// Applies `writes` atomically; with `sync`, returns only once they are in the synced WAL.
+    pub fn write<'a>(
+        &self,
+        writes: impl IntoIterator<Item = &'a KeyWrite>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for write in writes {
+            match write {
+                KeyWrite::Put(cf, key, value) => batch.put_cf(self.cf(*cf), key, value),
+                KeyWrite::Delete(cf, key) => batch.delete_cf(self.cf(*cf), key),
+            }
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
+            Some(bytes) => Ok(Some(codec::decode(cf.name(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every `(key, value)` of `cf` whose key starts with `prefix`, in key order.
+    fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StorageError> {
+        let mode = IteratorMode::From(prefix, Direction::Forward);
+        let mut found = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(cf), mode) {
+            let (key, value) = entry?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            found.push((key.to_vec(), codec::decode(cf.name(), &value)?));
+        }
+        Ok(found)
+    }
+
+    pub fn next_room_number(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .get(Cf::Meta, keys::META_NEXT_ROOM_NUMBER)?
+            .unwrap_or(1))
+    }
+
+    pub fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StorageError> {
+        self.get(Cf::Rooms, &keys::room(room_id))
+    }
+
+    /// Every room that is not closed.
+    pub fn open_rooms(&self) -> Result<Vec<(String, RoomRecord)>, StorageError> {
+        let mut rooms = Vec::new();
+        for (key, record) in self.scan::<RoomRecord>(Cf::Rooms, b"")? {
+            if record.closed_ts.is_none() {
+                let id = String::from_utf8(key).map_err(|_| StorageError::Corrupt {
+                    cf: Cf::Rooms.name(),
+                    reason: "room id is not UTF-8".into(),
+                })?;
+                rooms.push((id, record));
+            }
+        }
+        Ok(rooms)
+    }
+
+    pub fn members(&self, room_id: &str) -> Result<Vec<(String, MemberRecord)>, StorageError> {
+        let members = self.scan::<MemberRecord>(Cf::Members, &keys::pair_prefix(room_id))?;
+        members
+            .into_iter()
+            .map(|(key, record)| match keys::split_pair(&key) {
+                Some((_, user)) => Ok((user.to_owned(), record)),
+                None => Err(StorageError::Corrupt {
+                    cf: Cf::Members.name(),
+                    reason: "bad member key".into(),
+                }),
+            })
+            .collect()
+    }
+
+    pub fn read_marker(&self, user_id: &str, room_id: &str) -> Result<Option<u64>, StorageError> {
+        self.get(Cf::Reads, &keys::pair(user_id, room_id))
+    }
+
+    pub fn dedup(
+        &self,
+        room_number: u64,
+        sender: Option<&str>,
+        client_msg_id: &str,
+    ) -> Result<Option<DedupRecord>, StorageError> {
+        self.get(Cf::Dedup, &keys::dedup(room_number, sender, client_msg_id))
+    }
+
+    pub fn message(
+        &self,
+        room_number: u64,
+        seq: u64,
+    ) -> Result<Option<MessageRecord>, StorageError> {
+        self.get(Cf::Messages, &keys::message(room_number, seq))
+    }
+
+    /// Up to `limit` messages of a room in `range`, oldest first.
+    pub fn messages(
+        &self,
+        room_number: u64,
+        range: SeqRange,
+        limit: usize,
+    ) -> Result<Vec<(u64, MessageRecord)>, StorageError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Messages));
+        let mut found = Vec::new();
+        match range {
+            SeqRange::After(seq) => iter.seek(keys::message(room_number, seq.saturating_add(1))),
+            SeqRange::Before(0) => return Ok(found),
+            SeqRange::Before(seq) => iter.seek_for_prev(keys::message(room_number, seq - 1)),
+        }
+        while iter.valid() && found.len() < limit {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            match keys::split_message(key) {
+                Some((number, seq)) if number == room_number => {
+                    found.push((seq, codec::decode(Cf::Messages.name(), value)?));
+                }
+                _ => break,
+            }
+            match range {
+                SeqRange::After(_) => iter.next(),
+                SeqRange::Before(_) => iter.prev(),
+            }
+        }
+        iter.status()?;
+        if matches!(range, SeqRange::Before(_)) {
+            found.reverse();
+        }
+        Ok(found)
+    }
+
+    /// The newest message of a room.
+    pub fn last_message(
+        &self,
+        room_number: u64,
+    ) -> Result<Option<(u64, MessageRecord)>, StorageError> {
+        Ok(self
+            .messages(room_number, SeqRange::Before(u64::MAX), 1)?
+            .pop())
+    }
+
+    /// The oldest seq still stored for a room.
+    pub fn first_seq(&self, room_number: u64) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .messages(room_number, SeqRange::After(0), 1)?
+            .first()
+            .map(|(seq, _)| *seq))
+    }
+
+    /// Messages with seq in `(after, upto]` whose sender is not `user_id` (unread counts).
+    pub fn count_not_from(
+        &self,
+        room_number: u64,
+        after: u64,
+        upto: u64,
+        user_id: &str,
+    ) -> Result<u64, StorageError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Messages));
+        iter.seek(keys::message(room_number, after.saturating_add(1)));
+        let mut count = 0;
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            match keys::split_message(key) {
+                Some((number, seq)) if number == room_number && seq <= upto => {
+                    let record: MessageRecord = codec::decode(Cf::Messages.name(), value)?;
+                    if record.sender.as_deref() != Some(user_id) {
+                        count += 1;
+                    }
+                }
+                _ => break,
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageKind;
+
+    fn record(ts: u64, sender: &str) -> MessageRecord {
+        MessageRecord {
+            ts,
+            sender: Some(sender.into()),
+            kind: MessageKind::Text,
+            text: format!("m{ts}"),
+            data: None,
+            client_msg_id: None,
+        }
+    }
+
+    fn store_messages(storage: &Storage, room: u64, seqs: std::ops::RangeInclusive<u64>) {
+        let writes: Vec<_> = seqs
+            .map(|seq| {
+                let sender = if seq % 2 == 0 { "even" } else { "odd" };
+                KeyWrite::put(
+                    Cf::Messages,
+                    &keys::message(room, seq),
+                    &record(seq, sender),
+                )
+            })
+            .collect();
+        storage.write(&writes, true).unwrap();
+    }
+
+    #[test]
+    fn message_ranges_stay_inside_their_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        store_messages(&storage, 1, 1..=10);
+        store_messages(&storage, 2, 1..=3);
+        let seqs = |range, limit| -> Vec<u64> {
+            let found = storage.messages(1, range, limit).unwrap();
+            found.into_iter().map(|(seq, _)| seq).collect()
+        };
+        assert_eq!(seqs(SeqRange::After(7), 10), [8, 9, 10]);
+        assert_eq!(seqs(SeqRange::After(0), 2), [1, 2]);
+        assert_eq!(seqs(SeqRange::Before(4), 10), [1, 2, 3]);
+        assert_eq!(seqs(SeqRange::Before(u64::MAX), 2), [9, 10]);
+        assert_eq!(seqs(SeqRange::Before(1), 5), Vec::<u64>::new());
+        assert_eq!(storage.last_message(2).unwrap().unwrap().0, 3);
+        assert_eq!(storage.last_message(3).unwrap(), None);
+        assert_eq!(storage.first_seq(1).unwrap(), Some(1));
+        assert_eq!(storage.count_not_from(1, 4, 9, "even").unwrap(), 3);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(dir.path()).unwrap();
+            let newer = KeyWrite::put(Cf::Meta, keys::META_SCHEMA_VERSION, &(SCHEMA_VERSION + 1));
+            storage.write(&[newer], true).unwrap();
+        }
+        assert!(matches!(
+            Storage::open(dir.path()),
+            Err(StorageError::NewerSchema { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_record_versions_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let write = KeyWrite::Put(Cf::Rooms, b"r".to_vec(), vec![42, 0]);
+        storage.write(&[write], true).unwrap();
+        assert!(matches!(
+            storage.open_rooms(),
+            Err(StorageError::UnknownFormat { version: 42, .. })
+        ));
+    }
+}

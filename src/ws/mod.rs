@@ -1,0 +1,236 @@
+//! One WebSocket connection after the upgrade: the reader turns frames into engine calls and
+//! queues their replies; the writer drains the connection's queue to the socket, batching
+//! frames into one flush, and writes the close frame when the connection must end.
+
+mod rate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use async_tungstenite::tungstenite::{self, Message as WsMessage};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use futures_util::{SinkExt, StreamExt};
+use smol::io::{AsyncRead, AsyncWrite};
+
+use crate::engine::{close_code, Connection, ConnectionQueues, Engine, Priority};
+use crate::error::Error;
+use crate::protocol::{encode, parse_request, Frame, Request, RequestBody, ServerFrame};
+use rate::TokenBucket;
+
+/// Frames written before one flush: enough to batch a burst, few enough to keep latency low.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+/// How long a close frame may take to write before the socket is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs a connection until either side ends it, then unregisters it.
+pub async fn serve<S>(
+    engine: Engine,
+    connection: Arc<Connection>,
+    queues: ConnectionQueues,
+    socket: S,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &engine.config().limits;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let socket = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
+    let (sink, stream) = socket.split();
+    let reader = read_loop(&engine, &connection, stream);
+    let writer = write_loop(sink, queues);
+    smol::future::or(reader, writer).await;
+    engine.disconnect(&connection);
+}
+
+async fn read_loop<S>(engine: &Engine, connection: &Connection, mut stream: WebSocketReceiver<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &engine.config().limits;
+    let mut bad_in_a_row = 0;
+    let mut sends = TokenBucket::new(limits.send_rate, 2 * limits.send_rate);
+    while let Some(incoming) = stream.next().await {
+        let reply = match incoming {
+            Ok(WsMessage::Text(text)) => match parse_request(text.as_str()) {
+                Ok(request) => {
+                    bad_in_a_row = 0;
+                    handle(engine, connection, request, &mut sends).await
+                }
+                Err((id, error)) => {
+                    bad_in_a_row += 1;
+                    Some(encode(&ServerFrame::error(id.as_ref(), &error)))
+                }
+            },
+            Ok(WsMessage::Binary(_)) => {
+                bad_in_a_row += 1;
+                let error =
+                    Error::BadRequest("binary frames are not supported; send JSON text".into());
+                Some(encode(&ServerFrame::error(None, &error)))
+            }
+            Ok(WsMessage::Close(_)) => return,
+            // Pings are answered by tungstenite itself.
+            Ok(_) => None,
+            Err(tungstenite::Error::Capacity(e)) => {
+                log::info!(
+                    "closing connection {} of {}: {e}",
+                    connection.id,
+                    connection.user
+                );
+                connection.close(close_code::TOO_BIG);
+                return std::future::pending().await;
+            }
+            Err(_) => return,
+        };
+        if let Some(frame) = reply {
+            connection.deliver(&frame, Priority::Keep);
+        }
+        if bad_in_a_row >= limits.max_bad_frames {
+            log::info!(
+                "closing connection {} of {}: {bad_in_a_row} bad frames in a row",
+                connection.id,
+                connection.user
+            );
+            connection.close(close_code::POLICY_VIOLATION);
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Runs one request; returns its reply (or error) frame, if it has one.
+async fn handle(
+    engine: &Engine,
+    connection: &Connection,
+    request: Request,
+    sends: &mut TokenBucket,
+) -> Option<Frame> {
+    let Request { id, body } = request;
+    let id = id.as_ref();
+    let user = &connection.user;
+    let result = match body {
+        RequestBody::Ping => Ok(encode(&ServerFrame::Pong { id })),
+        RequestBody::Rooms => engine
+            .rooms_of(user)
+            .await
+            .map(|rooms| encode(&ServerFrame::Rooms { id, rooms: &rooms })),
+        RequestBody::Sync { room_id, query } => engine
+            .history(&room_id, &query, Some(user))
+            .await
+            .map(|page| {
+                encode(&ServerFrame::Messages {
+                    id,
+                    room_id: &room_id,
+                    messages: &page.messages,
+                    has_more: page.has_more,
+                })
+            }),
+        RequestBody::Send { room_id, message } => {
+            if sends.try_take() {
+                engine
+                    .send(&room_id, Some(user), message)
+                    .await
+                    .map(|sent| {
+                        encode(&ServerFrame::Sent {
+                            id,
+                            room_id: &room_id,
+                            seq: sent.stamp.seq,
+                            ts: sent.stamp.ts,
+                        })
+                    })
+            } else {
+                Err(Error::RateLimited(format!(
+                    "more than {} sends per second",
+                    engine.config().limits.send_rate
+                )))
+            }
+        }
+        RequestBody::Direct { user_id } => engine
+            .open_direct(user, &user_id)
+            .await
+            .map(|room| encode(&ServerFrame::Room { id, room: &room })),
+        RequestBody::Read { room_id, seq } => engine
+            .mark_read(user, &room_id, seq)
+            .await
+            .map(|()| encode(&ServerFrame::Ok { id })),
+        RequestBody::Typing { room_id } => match engine.typing(user, &room_id) {
+            Ok(()) => return None,
+            Err(error) => Err(error),
+        },
+    };
+    Some(result.unwrap_or_else(|error| encode(&ServerFrame::error(id, &error))))
+}
+
+async fn write_loop<S>(mut sink: WebSocketSender<S>, queues: ConnectionQueues)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    enum Next {
+        Frame(Frame),
+        Close(u16),
+        Gone,
+    }
+    loop {
+        // Close requests go first, so a 1013 is not stuck behind the full queue it is for.
+        let next = smol::future::or(
+            async {
+                match queues.kick.recv().await {
+                    Ok(code) => Next::Close(code),
+                    Err(_) => std::future::pending().await,
+                }
+            },
+            async {
+                match queues.frames.recv().await {
+                    Ok(frame) => Next::Frame(frame),
+                    Err(_) => Next::Gone,
+                }
+            },
+        )
+        .await;
+        match next {
+            Next::Frame(frame) => {
+                if sink.feed(WsMessage::Text(frame)).await.is_err() {
+                    return;
+                }
+                for _ in 1..MAX_FRAMES_PER_FLUSH {
+                    let Ok(frame) = queues.frames.try_recv() else {
+                        break;
+                    };
+                    if sink.feed(WsMessage::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            Next::Close(code) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: close_reason(code).into(),
+                };
+                let close = sink.send(WsMessage::Close(Some(frame)));
+                let _ = smol::future::or(async { close.await.map_err(|_| ()) }, async {
+                    smol::Timer::after(CLOSE_TIMEOUT).await;
+                    Err(())
+                })
+                .await;
+                return;
+            }
+            Next::Gone => return,
+        }
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close_code::GOING_AWAY => "server shutting down",
+        close_code::POLICY_VIOLATION => "too many bad frames",
+        close_code::TOO_BIG => "frame too large",
+        close_code::TRY_AGAIN_LATER => "too slow: reconnect and sync",
+        _ => "closing",
+    }
+}
