@@ -293,15 +293,16 @@ impl Engine {
     }
 
     /// `DELETE /v1/rooms/{id}/members/{user}`: removes `user` (who gets `left`; the others
-    /// get `member_left`). Removing a non-member, or from a room that is not open, succeeds.
+    /// get `member_left`). Removing a non-member succeeds; a room that is not open is 404.
     pub async fn leave(&self, room_id: &RoomId, user: &UserId) -> Result<(), Error> {
-        let slot = self.inner.writer.reserve().await;
-        let Some(room) = self.room(room_id) else {
-            return self.barrier(slot).wait().await;
-        };
+        let room = self.open_room(room_id)?;
         forbid_direct(&room)?;
+        let slot = self.inner.writer.reserve().await;
         let completion = {
             let mut state = room.state();
+            if state.closed {
+                return Err(Error::room_not_found(room_id.as_str()));
+            }
             if state.members.remove(user).is_none() {
                 self.submit(slot, &room, Vec::new(), Vec::new())
             } else {
