@@ -67,16 +67,20 @@ struct ErrorBody<'a> {
 }
 
 /// The protocol's error body, with the status the protocol gives the error.
+///
+/// It also closes the connection: an error may be answered before the request body was read,
+/// and a client that sends the body after the reply would otherwise lose its next request on
+/// the kept-alive connection.
 fn error_response(error: &Error) -> Response {
     let status =
         StatusCode::try_from(error.http_status()).unwrap_or(StatusCode::InternalServerError);
-    json(
-        status,
-        &ErrorBody {
-            code: error.code(),
-            message: error.to_string(),
-        },
-    )
+    let body = ErrorBody {
+        code: error.code(),
+        message: error.to_string(),
+    };
+    let mut response = json(status, &body);
+    response.insert_header("Connection", "close");
+    response
 }
 
 /// The bearer token of a request, if it has one.

@@ -4,6 +4,7 @@
 
 mod rate;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use rate::TokenBucket;
 
 /// Frames written before one flush: enough to batch a burst, few enough to keep latency low.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
-/// How long a close frame may take to write before the socket is dropped anyway.
+/// How long the server waits, after its close frame, for the client's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs a connection until either side ends it, then unregisters it.
@@ -41,20 +42,32 @@ pub async fn serve<S>(
         .write_buffer_size(0);
     let socket = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
     let (sink, stream) = socket.split();
-    let reader = read_loop(&engine, &connection, stream);
-    let writer = write_loop(sink, queues);
+    // Set once the close frame is out: the reader then only drains until the client's close
+    // reply, because dropping a socket with unread input makes the kernel reset it, and a
+    // reset can destroy the close frame before the client reads it.
+    let closing = AtomicBool::new(false);
+    let reader = read_loop(&engine, &connection, stream, &closing);
+    let writer = write_loop(sink, queues, &closing);
     smol::future::or(reader, writer).await;
     engine.disconnect(&connection);
 }
 
-async fn read_loop<S>(engine: &Engine, connection: &Connection, mut stream: WebSocketReceiver<S>)
-where
+async fn read_loop<S>(
+    engine: &Engine,
+    connection: &Connection,
+    mut stream: WebSocketReceiver<S>,
+    closing: &AtomicBool,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &engine.config().limits;
     let mut bad_in_a_row = 0;
     let mut sends = TokenBucket::new(limits.send_rate, 2 * limits.send_rate);
     while let Some(incoming) = stream.next().await {
+        if closing.load(Ordering::Acquire) && !matches!(incoming, Ok(WsMessage::Close(_)) | Err(_))
+        {
+            continue;
+        }
         let reply = match incoming {
             Ok(WsMessage::Text(text)) => match parse_request(text.as_str()) {
                 Ok(request) => {
@@ -164,7 +177,7 @@ async fn handle(
     Some(result.unwrap_or_else(|error| encode(&ServerFrame::error(id, &error))))
 }
 
-async fn write_loop<S>(mut sink: WebSocketSender<S>, queues: ConnectionQueues)
+async fn write_loop<S>(mut sink: WebSocketSender<S>, queues: ConnectionQueues, closing: &AtomicBool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -212,12 +225,18 @@ where
                     code: CloseCode::from(code),
                     reason: close_reason(code).into(),
                 };
-                let close = sink.send(WsMessage::Close(Some(frame)));
-                let _ = smol::future::or(async { close.await.map_err(|_| ()) }, async {
-                    smol::Timer::after(CLOSE_TIMEOUT).await;
-                    Err(())
-                })
+                closing.store(true, Ordering::Release);
+                // Written, or timed out; then give the reader the rest of the time to see the
+                // client's close reply, which ends the connection.
+                let _ = smol::future::or(
+                    async { sink.send(WsMessage::Close(Some(frame))).await.is_ok() },
+                    async {
+                        smol::Timer::after(CLOSE_TIMEOUT).await;
+                        false
+                    },
+                )
                 .await;
+                smol::Timer::after(CLOSE_TIMEOUT).await;
                 return;
             }
             Next::Gone => return,

@@ -1,0 +1,514 @@
+//! The binary as an operator runs it: restart, SIGKILL, SIGTERM/SIGINT, bad configs, `token`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn sorted_rooms(mut rooms: Vec<Value>) -> Vec<Value> {
+    for r in rooms.iter_mut() {
+        let mut m = members(r);
+        m.sort();
+        r["members"] = json!(m);
+    }
+    rooms.sort_by(|a, b| a["room_id"].as_str().cmp(&b["room_id"].as_str()));
+    rooms
+}
+
+fn normalized_room(mut room: Value) -> Value {
+    room["members"] = json!(members(&room));
+    room
+}
+
+#[test]
+fn state_survives_sigterm_and_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml("");
+    let mut p = Process::start(data.path(), &config);
+
+    p.create_room("r1", "d1");
+    p.add_member("r1", "u1");
+    p.add_member("r1", "u2");
+    p.add_member("r1", "u3");
+    p.remove_member("r1", "u3");
+    p.create_room("r2", "d1");
+    p.add_member("r2", "u1");
+    let (status, _) = p.rest("DELETE", "/v1/rooms/r2", None);
+    assert_eq!(status, 204);
+
+    let mut u1 = p.ws("u1");
+    let mut d1 = p.ws("d1");
+    let first = u1.request_ok(
+        json!({"type": "send", "room_id": "r1", "text": "hello", "client_msg_id": "c1"}),
+        "sent",
+    );
+    d1.send_msg("r1", "d-1");
+    d1.send_msg("r1", "d-2");
+    let system = p.post_message(
+        "r1",
+        json!({"text": "sys", "client_msg_id": "s1", "data": {"k": 1}}),
+    );
+    u1.request_ok(json!({"type": "read", "room_id": "r1", "seq": 2}), "ok");
+    let direct = u1.request_ok(json!({"type": "direct", "user_id": "u2"}), "room")["room"].clone();
+    let direct_id = direct["room_id"].as_str().unwrap().to_owned();
+    u1.send_msg(&direct_id, "dm");
+
+    let rooms_before = sorted_rooms(u1.rooms());
+    assert_eq!(
+        find_room(&rooms_before, "r1").unwrap()["unread"],
+        2,
+        "d-2 and sys after seq 2"
+    );
+    let u2_rooms_before = sorted_rooms(p.ws("u2").rooms());
+    let history_before = u1.sync_all_since_seq("r1", 0, 100);
+    assert_eq!(seqs(&history_before), vec![1, 2, 3, 4]);
+    let (_, r1_before) = p.rest("GET", "/v1/rooms/r1", None);
+
+    p.terminate();
+    let started = Instant::now();
+    let status = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("SIGTERM stops the server within 10 s");
+    assert!(
+        status.success(),
+        "exit status 0 on SIGTERM, got {status:?}; stderr:\n{}",
+        p.stderr_text()
+    );
+    println!("SIGTERM to exit: {:?}", started.elapsed());
+    // Connections got 1001.
+    assert_eq!(u1.expect_close(RECV_TIMEOUT), Some(1001));
+    drop(p);
+
+    let p = Process::start(data.path(), &config);
+    let (status, r1_after) = p.rest("GET", "/v1/rooms/r1", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        normalized_room(r1_after),
+        normalized_room(r1_before),
+        "room and members"
+    );
+    let (status, _) = p.rest("GET", "/v1/rooms/r2", None);
+    assert_eq!(status, 404, "a closed room stays closed");
+    let (status, _) = p.rest("PUT", "/v1/rooms/r2", Some(json!({"owner_id": "d1"})));
+    assert_eq!(status, 409, "a closed room id stays taken");
+
+    let mut u1 = p.ws("u1");
+    assert_eq!(
+        sorted_rooms(u1.rooms()),
+        rooms_before,
+        "rooms, unread and direct room survive"
+    );
+    assert_eq!(sorted_rooms(p.ws("u2").rooms()), u2_rooms_before);
+    let history_after = u1.sync_all_since_seq("r1", 0, 100);
+    assert_eq!(history_after, history_before, "messages survive");
+
+    // client_msg_id dedup survives.
+    let again = u1.request_ok(
+        json!({"type": "send", "room_id": "r1", "text": "hello", "client_msg_id": "c1"}),
+        "sent",
+    );
+    assert_eq!(
+        (again["seq"].clone(), again["ts"].clone()),
+        (first["seq"].clone(), first["ts"].clone())
+    );
+    let (status, repeat) = p.rest(
+        "POST",
+        "/v1/rooms/r1/messages",
+        Some(json!({"text": "sys", "client_msg_id": "s1", "data": {"k": 1}})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(repeat["message"], system);
+
+    // seq and ts continue.
+    let next = u1.send_msg("r1", "after restart");
+    assert_eq!(next["seq"], 5);
+    assert!(next["ts"].as_u64().unwrap() > history_before[3]["ts"].as_u64().unwrap());
+    let same = u1.request_ok(json!({"type": "direct", "user_id": "u2"}), "room");
+    assert_eq!(
+        same["room"]["room_id"],
+        direct_id.as_str(),
+        "same direct room"
+    );
+    let dm = u1.sync(json!({"room_id": direct_id}));
+    assert_eq!(dm["messages"][0]["text"], "dm");
+}
+
+/// A sender thread's result: its (seq, text) acks and the close code it saw.
+type SenderThread = std::thread::JoinHandle<(Vec<(u64, String)>, Option<u16>)>;
+
+/// Sends from `senders` connections until the connection dies; returns (seq, text) acks and
+/// the close code each connection saw.
+fn hammer(
+    endpoint: &Endpoint,
+    room: &str,
+    senders: usize,
+    acked: Arc<AtomicUsize>,
+) -> Vec<SenderThread> {
+    (0..senders)
+        .map(|s| {
+            let mut c = endpoint.ws(&format!("s{s}"));
+            let room = room.to_owned();
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                let mut outstanding: BTreeMap<u64, String> = BTreeMap::new();
+                let mut next = 0u64;
+                let mut close_code = None;
+                'outer: loop {
+                    while outstanding.len() < 16 {
+                        let text = format!("s{s}-{next}");
+                        let frame =
+                            json!({"type": "send", "room_id": room, "text": text, "id": next});
+                        if !c.try_send_json(&frame) {
+                            break 'outer;
+                        }
+                        outstanding.insert(next, text);
+                        next += 1;
+                    }
+                    match c.read_socket(Duration::from_secs(10)) {
+                        Incoming::Frame(f) if f["type"] == "sent" => {
+                            let id = f["id"].as_u64().expect("numeric id echoed");
+                            let text = outstanding.remove(&id).expect("reply to a known id");
+                            assert_eq!(f["room_id"], room.as_str());
+                            acks.push((f["seq"].as_u64().unwrap(), text));
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Incoming::Frame(f) if f["type"] == "error" => {
+                            // Not acknowledged (e.g. `unavailable` while shutting down).
+                            if let Some(id) = f["id"].as_u64() {
+                                outstanding.remove(&id);
+                            }
+                        }
+                        Incoming::Frame(_) => {}
+                        Incoming::Closed(code) => {
+                            close_code = code;
+                            if code.is_none() {
+                                eprintln!("s{s}: ended without close frame: {:?}", c.end_reason);
+                            }
+                            return (acks, close_code);
+                        }
+                        Incoming::Timeout => return (acks, close_code),
+                    }
+                }
+                // Sending failed: read what is still in the socket (acks, the close frame).
+                loop {
+                    match c.read_socket(Duration::from_secs(2)) {
+                        Incoming::Frame(f) if f["type"] == "sent" => {
+                            let id = f["id"].as_u64().unwrap();
+                            let text = outstanding.remove(&id).unwrap();
+                            acks.push((f["seq"].as_u64().unwrap(), text));
+                        }
+                        Incoming::Frame(_) => {}
+                        Incoming::Closed(code) => {
+                            close_code = close_code.or(code);
+                            if close_code.is_none() {
+                                eprintln!("s{s}: ended without close frame: {:?}", c.end_reason);
+                            }
+                            break;
+                        }
+                        Incoming::Timeout => break,
+                    }
+                }
+                (acks, close_code)
+            })
+        })
+        .collect()
+}
+
+fn setup_hammer_room(p: &Process, senders: usize) {
+    p.create_room("r1", "s0");
+    for s in 1..senders {
+        p.add_member("r1", &format!("s{s}"));
+    }
+}
+
+/// Every acknowledged message is present after restart, and seq has no gaps.
+fn check_after_restart(p: &Process, acks: &BTreeMap<u64, String>) {
+    let mut c = p.ws("s0");
+    let all = c.sync_all_since_seq("r1", 0, 500);
+    let got = seqs(&all);
+    let max = got.last().copied().unwrap_or(0);
+    assert_eq!(
+        got,
+        (1..=max).collect::<Vec<_>>(),
+        "seq 1..={max} without gaps"
+    );
+    let max_acked = acks.keys().last().copied().unwrap_or(0);
+    assert!(
+        max >= max_acked,
+        "acked seq {max_acked} missing (max stored {max})"
+    );
+    for (seq, text) in acks {
+        let m = &all[(*seq - 1) as usize];
+        assert_eq!(m["seq"], *seq);
+        assert_eq!(m["text"], text.as_str(), "acked seq {seq}");
+    }
+    for w in all.windows(2) {
+        assert!(
+            w[1]["ts"].as_u64().unwrap() > w[0]["ts"].as_u64().unwrap(),
+            "ts increasing"
+        );
+    }
+    println!("{} acknowledged, {} stored after restart", acks.len(), max);
+    // The room keeps going from there.
+    let next = c.send_msg("r1", "after restart");
+    assert_eq!(next["seq"], max + 1);
+}
+
+fn collect_acks(threads: Vec<SenderThread>) -> (BTreeMap<u64, String>, Vec<Option<u16>>) {
+    let mut acks = BTreeMap::new();
+    let mut codes = Vec::new();
+    for t in threads {
+        let (list, code) = t.join().expect("sender thread");
+        for (seq, text) in list {
+            assert!(
+                acks.insert(seq, text).is_none(),
+                "seq {seq} acknowledged twice"
+            );
+        }
+        codes.push(code);
+    }
+    (acks, codes)
+}
+
+fn wait_for_acks(acked: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} acks in 30 s",
+            acked.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_message() {
+    const SENDERS: usize = 8;
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml("[limits]\nsend_rate = 1000000\n");
+    let mut p = Process::start(data.path(), &config);
+    setup_hammer_room(&p, SENDERS);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let threads = hammer(&p, "r1", SENDERS, acked.clone());
+    wait_for_acks(&acked, 300);
+    p.kill_9();
+    let status = p.wait();
+    assert!(!status.success(), "killed");
+    let (acks, _) = collect_acks(threads);
+    assert!(acks.len() >= 300);
+    drop(p);
+
+    let p = Process::start(data.path(), &config);
+    check_after_restart(&p, &acks);
+}
+
+#[test]
+fn sigterm_while_sending_exits_0_and_loses_no_acknowledged_message() {
+    const SENDERS: usize = 8;
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml("[limits]\nsend_rate = 1000000\n");
+    let mut p = Process::start(data.path(), &config);
+    setup_hammer_room(&p, SENDERS);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let threads = hammer(&p, "r1", SENDERS, acked.clone());
+    wait_for_acks(&acked, 300);
+    p.terminate();
+    let status = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("SIGTERM stops the server within 10 s");
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status:?}; stderr:\n{}",
+        p.stderr_text()
+    );
+    let (acks, codes) = collect_acks(threads);
+    for code in &codes {
+        assert_eq!(
+            *code,
+            Some(1001),
+            "connections are closed with 1001 on shutdown: {codes:?}"
+        );
+    }
+    drop(p);
+
+    let p = Process::start(data.path(), &config);
+    check_after_restart(&p, &acks);
+}
+
+#[test]
+fn sigint_stops_with_exit_0() {
+    let data = tempfile::tempdir().unwrap();
+    let mut p = Process::start(data.path(), &config_toml(""));
+    p.create_room("r1", "d1");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &p.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("SIGINT stops the server within 10 s");
+    assert!(status.success(), "exit 0 on SIGINT: {status:?}");
+    drop(p);
+    let p = Process::start(data.path(), &config_toml(""));
+    assert_eq!(p.rest("GET", "/v1/rooms/r1", None).0, 200);
+}
+
+/// Runs `serve` with `config` (None: a missing file) and asserts a non-zero exit with a
+/// one-line reason mentioning one of `keywords`.
+fn assert_bad_config(name: &str, config: Option<&str>, listen: bool, keywords: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat-engine.toml");
+    if let Some(text) = config {
+        std::fs::write(&path, text).unwrap();
+    }
+    let data = dir.path().join("data");
+    let path_s = path.to_str().unwrap();
+    let data_s = data.to_str().unwrap();
+    let mut args = vec!["serve", "--config", path_s, "--data", data_s];
+    if listen {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
+    let (status, _stdout, stderr) = run_bin(&args, Duration::from_secs(15));
+    assert!(
+        !status.success(),
+        "{name}: must exit non-zero, got {status:?}; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{name}: a one-line reason on stderr, got:\n{stderr}"
+    );
+    assert!(
+        keywords.iter().any(|k| lines[0].contains(k)),
+        "{name}: the reason should mention one of {keywords:?}: {}",
+        lines[0]
+    );
+}
+
+#[test]
+fn bad_config_exits_non_zero_with_a_one_line_reason() {
+    assert_bad_config(
+        "invalid TOML",
+        Some("[server\nlisten = = \"x\"\n"),
+        true,
+        &["chat-engine.toml", "TOML", "toml", "config"],
+    );
+    assert_bad_config(
+        "wrong type",
+        Some("[limits]\nsend_rate = \"fast\"\n"),
+        true,
+        &["send_rate", "integer", "invalid type"],
+    );
+    assert_bad_config(
+        "wrong type (list)",
+        Some("[auth]\napi_keys = \"one-key\"\n"),
+        true,
+        &["api_keys", "sequence", "invalid type"],
+    );
+    assert_bad_config(
+        "unknown direct.policy",
+        Some("[direct]\npolicy = \"everyone\"\n"),
+        true,
+        &["everyone", "policy"],
+    );
+    assert_bad_config(
+        "bad listen address",
+        Some("[server]\nlisten = \"not-an-address\"\n"),
+        false,
+        &["not-an-address", "listen"],
+    );
+    assert_bad_config("missing file", None, true, &["chat-engine.toml"]);
+}
+
+#[test]
+fn bad_listen_flag_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (status, _, stderr) = run_bin(
+        &[
+            "serve",
+            "--listen",
+            "nonsense:port",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        Duration::from_secs(15),
+    );
+    assert!(!status.success(), "bad --listen: {status:?}; {stderr}");
+    assert!(!stderr.trim().is_empty(), "a reason on stderr");
+}
+
+fn token_cmd(args: &[&str]) -> String {
+    let (status, stdout, stderr) = run_bin(args, Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "chat-engine {args:?}: {status:?}; stderr: {stderr}"
+    );
+    let token = stdout.trim_end_matches('\n').trim_end_matches('\r');
+    assert!(
+        !token.contains('\n') && !token.contains(' '),
+        "just the token: {stdout:?}"
+    );
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    token.to_owned()
+}
+
+#[test]
+fn token_subcommand_prints_a_token_the_server_accepts() {
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::start(data.path(), &config_toml(""));
+    p.create_room("r1", "u1");
+    let config_path = p.config_path.to_str().unwrap().to_owned();
+
+    for args in [
+        vec!["token", "u1", "--config", config_path.as_str()],
+        vec![
+            "token",
+            "u1",
+            "--ttl",
+            "2h",
+            "--config",
+            config_path.as_str(),
+        ],
+    ] {
+        let token = token_cmd(&args);
+        let url = p.ws_url(Some(&token));
+        let mut c = Client::connect(p.addr, &url, None).expect("the printed token is accepted");
+        c.user = "u1".into();
+        let rooms = c.rooms();
+        assert_eq!(rooms.len(), 1, "the token is u1's: {rooms:?}");
+        let sent = c.send_msg("r1", "via cli token");
+        let push = c.expect_push("message");
+        assert_eq!(push["message"]["seq"], sent["seq"]);
+        assert_eq!(push["message"]["sender"], "u1");
+    }
+
+    // Without --config: signed with the built-in default secret, which this server does not use.
+    let default_token = token_cmd(&["token", "u1"]);
+    let url = p.ws_url(Some(&default_token));
+    match Client::connect(p.addr, &url, None) {
+        Err(ConnectError::Http(401)) => {}
+        Ok(_) => panic!("a token signed with the default secret must not pass a configured server"),
+        Err(e) => panic!("expected 401, got {e:?}"),
+    }
+    // ...but a server on the built-in defaults accepts it.
+    let server = TestServer::start_with(|c| {
+        c.auth.jwt_secret = chat_engine::Config::default().auth.jwt_secret
+    });
+    let url = server.ws_url(Some(&default_token));
+    let mut c = Client::connect(server.addr, &url, None).expect("default-secret token accepted");
+    assert_eq!(c.request(json!({"type": "ping"}))["type"], "pong");
+
+    // A bad user id is refused.
+    let (status, _, _) = run_bin(&["token", "bad user"], Duration::from_secs(15));
+    assert!(!status.success(), "token for an invalid user id must fail");
+}
