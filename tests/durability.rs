@@ -288,16 +288,39 @@ fn wait_for_acks(acked: &AtomicUsize, n: usize) {
     }
 }
 
-#[test]
-fn sigkill_loses_no_acknowledged_message() {
+/// A server with 8 senders hammering room "r1", once at least 300 sends were acked.
+struct UnderLoad {
+    data: tempfile::TempDir,
+    config: String,
+    process: Process,
+    threads: Vec<SenderThread>,
+}
+
+fn under_load() -> UnderLoad {
     const SENDERS: usize = 8;
     let data = tempfile::tempdir().unwrap();
     let config = config_toml("[limits]\nsend_rate = 1000000\n");
-    let mut p = Process::start(data.path(), &config);
-    setup_hammer_room(&p, SENDERS);
+    let process = Process::start(data.path(), &config);
+    setup_hammer_room(&process, SENDERS);
     let acked = Arc::new(AtomicUsize::new(0));
-    let threads = hammer(&p, "r1", SENDERS, acked.clone());
+    let threads = hammer(&process, "r1", SENDERS, acked.clone());
     wait_for_acks(&acked, 300);
+    UnderLoad {
+        data,
+        config,
+        process,
+        threads,
+    }
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_message() {
+    let UnderLoad {
+        data,
+        config,
+        process: mut p,
+        threads,
+    } = under_load();
     p.kill_9();
     let status = p.wait();
     assert!(!status.success(), "killed");
@@ -311,14 +334,12 @@ fn sigkill_loses_no_acknowledged_message() {
 
 #[test]
 fn sigterm_while_sending_exits_0_and_loses_no_acknowledged_message() {
-    const SENDERS: usize = 8;
-    let data = tempfile::tempdir().unwrap();
-    let config = config_toml("[limits]\nsend_rate = 1000000\n");
-    let mut p = Process::start(data.path(), &config);
-    setup_hammer_room(&p, SENDERS);
-    let acked = Arc::new(AtomicUsize::new(0));
-    let threads = hammer(&p, "r1", SENDERS, acked.clone());
-    wait_for_acks(&acked, 300);
+    let UnderLoad {
+        data,
+        config,
+        process: mut p,
+        threads,
+    } = under_load();
     p.terminate();
     let status = p
         .wait_timeout(Duration::from_secs(10))
