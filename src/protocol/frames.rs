@@ -43,7 +43,7 @@ pub enum RequestBody {
 }
 
 /// Where a history read starts; at most one cursor may be given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub since_ts: Option<u64>,
     pub since_seq: Option<u64>,

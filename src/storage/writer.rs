@@ -48,14 +48,6 @@ pub struct Writer {
     queue: async_channel::Sender<(WriteOp, Slot)>,
     slots: Arc<Semaphore>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    stats: Arc<WriterStats>,
-}
-
-/// Counters for metrics and benchmarks.
-#[derive(Default)]
-pub struct WriterStats {
-    pub batches: AtomicU64,
-    pub ops: AtomicU64,
 }
 
 impl Writer {
@@ -65,17 +57,14 @@ impl Writer {
         // The queue itself is unbounded; the semaphore is what bounds it, because a sender
         // must hold a slot before it takes the locks under which it submits.
         let (queue, ops) = async_channel::unbounded();
-        let stats = Arc::new(WriterStats::default());
-        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("chat-engine-writer".into())
-            .spawn(move || write_loop(&storage, &ops, max_batch, &thread_stats))
+            .spawn(move || write_loop(&storage, &ops, max_batch))
             .expect("spawn writer thread");
         Writer {
             queue,
             slots: Arc::new(Semaphore::new(queue_limit)),
             thread: Mutex::new(Some(thread)),
-            stats,
         }
     }
 
@@ -101,10 +90,6 @@ impl Writer {
         }
     }
 
-    pub fn stats(&self) -> &WriterStats {
-        &self.stats
-    }
-
     /// Stops taking ops, lets the thread commit what is queued, and waits for it.
     pub fn close(&self) {
         self.queue.close();
@@ -117,12 +102,7 @@ impl Writer {
     }
 }
 
-fn write_loop(
-    storage: &Storage,
-    ops: &async_channel::Receiver<(WriteOp, Slot)>,
-    max_batch: usize,
-    stats: &WriterStats,
-) {
+fn write_loop(storage: &Storage, ops: &async_channel::Receiver<(WriteOp, Slot)>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = ops.recv_blocking() {
         batch.push(first);
@@ -132,11 +112,11 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        commit(storage, &mut batch, stats);
+        commit(storage, &mut batch);
     }
 }
 
-fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>, stats: &WriterStats) {
+fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>) {
     let mut current = Vec::with_capacity(batch.len());
     for (op, slot) in batch.drain(..) {
         let superseded = matches!(&op.built_on, Some((counter, seen)) if counter.load(Ordering::Acquire) != *seen);
@@ -159,8 +139,6 @@ fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>, stats: &WriterSta
     if let Err(e) = &result {
         log::error!("group commit of {writes} writes failed: {e}");
     }
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.ops.fetch_add(current.len() as u64, Ordering::Relaxed);
     for (op, _slot) in current {
         (op.done)(result.clone());
     }
