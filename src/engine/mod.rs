@@ -391,3 +391,68 @@ fn message_from_record(
         client_msg_id: record.client_msg_id,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::NewMessage;
+
+    fn text(body: &str) -> NewMessage {
+        NewMessage {
+            text: body.into(),
+            data: None,
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_answers_unavailable_leaves_no_gap_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.storage.path = dir.path().to_owned();
+        let engine = Engine::open(config).unwrap();
+        let (room, driver) = (RoomId::parse("r").unwrap(), UserId::parse("d").unwrap());
+        smol::block_on(async {
+            engine
+                .create_route_room(room.clone(), driver.clone())
+                .await
+                .unwrap();
+            let first = engine
+                .send(&room, Some(&driver), text("one"))
+                .await
+                .unwrap();
+            assert_eq!(first.stamp.seq, 1);
+
+            engine
+                .inner
+                .storage
+                .fail_writes
+                .store(true, Ordering::Relaxed);
+            let failed = engine.send(&room, Some(&driver), text("lost")).await;
+            assert_eq!(failed.err().map(|e| e.code()), Some("unavailable"));
+            assert!(!engine.is_ready(), "readyz reports the failure");
+            let failed_join = engine.join(&room, &UserId::parse("u").unwrap()).await;
+            assert_eq!(failed_join.err().map(|e| e.code()), Some("unavailable"));
+
+            engine
+                .inner
+                .storage
+                .fail_writes
+                .store(false, Ordering::Relaxed);
+            let next = engine
+                .send(&room, Some(&driver), text("two"))
+                .await
+                .unwrap();
+            assert_eq!(next.stamp.seq, 2, "the failed message left no gap");
+            assert!(engine.is_ready());
+            let view = engine.room_view(&room).unwrap();
+            assert_eq!(view.members.len(), 1, "the failed join was rolled back");
+            let page = engine
+                .history(&room, &Default::default(), None)
+                .await
+                .unwrap();
+            let texts: Vec<_> = page.messages.iter().map(|m| m.text.as_str()).collect();
+            assert_eq!(texts, ["one", "two"]);
+        });
+    }
+}

@@ -72,6 +72,9 @@ pub enum SeqRange {
 
 pub struct Storage {
     db: DB,
+    /// Test hook: while set, every write fails as a full disk would.
+    #[cfg(test)]
+    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl Storage {
@@ -85,7 +88,11 @@ impl Storage {
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        let storage = Storage { db };
+        let storage = Storage {
+            db,
+            #[cfg(test)]
+            fail_writes: std::sync::atomic::AtomicBool::new(false),
+        };
         storage.upgrade_schema()?;
         Ok(storage)
     }
@@ -145,6 +152,10 @@ impl Storage {
         writes: impl IntoIterator<Item = &'a KeyWrite>,
         sync: bool,
     ) -> Result<(), StorageError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Db("injected write failure".into()));
+        }
         let mut batch = rocksdb::WriteBatch::default();
         for write in writes {
             match write {
