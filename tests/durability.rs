@@ -69,16 +69,8 @@ fn state_survives_sigterm_and_restart() {
     assert_eq!(seqs(&history_before), vec![1, 2, 3, 4]);
     let (_, r1_before) = p.rest("GET", "/v1/rooms/r1", None);
 
-    p.terminate();
     let started = Instant::now();
-    let status = p
-        .wait_timeout(Duration::from_secs(10))
-        .expect("SIGTERM stops the server within 10 s");
-    assert!(
-        status.success(),
-        "exit status 0 on SIGTERM, got {status:?}; stderr:\n{}",
-        p.stderr_text()
-    );
+    terminate_cleanly(&mut p);
     println!("SIGTERM to exit: {:?}", started.elapsed());
     // Connections got 1001.
     assert_eq!(u1.expect_close(RECV_TIMEOUT), Some(1001));
@@ -288,6 +280,19 @@ fn wait_for_acks(acked: &AtomicUsize, n: usize) {
     }
 }
 
+/// Sends SIGTERM and asserts the server exits with status 0 within PROTOCOL.md's 10 s.
+fn terminate_cleanly(p: &mut Process) {
+    p.terminate();
+    let status = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("SIGTERM stops the server within 10 s");
+    assert!(
+        status.success(),
+        "exit status 0 on SIGTERM, got {status:?}; stderr:\n{}",
+        p.stderr_text()
+    );
+}
+
 /// A server with 8 senders hammering room "r1", once at least 300 sends were acked.
 struct UnderLoad {
     data: tempfile::TempDir,
@@ -340,15 +345,7 @@ fn sigterm_while_sending_exits_0_and_loses_no_acknowledged_message() {
         process: mut p,
         threads,
     } = under_load();
-    p.terminate();
-    let status = p
-        .wait_timeout(Duration::from_secs(10))
-        .expect("SIGTERM stops the server within 10 s");
-    assert!(
-        status.success(),
-        "exit 0 on SIGTERM: {status:?}; stderr:\n{}",
-        p.stderr_text()
-    );
+    terminate_cleanly(&mut p);
     let (acks, codes) = collect_acks(threads);
     for code in &codes {
         assert_eq!(
