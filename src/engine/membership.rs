@@ -249,9 +249,7 @@ impl Engine {
         let slot = self.inner.writer.reserve().await;
         let (outcome, view, completion) = {
             let mut state = room.state();
-            if state.closed {
-                return Err(Error::room_not_found(room_id.as_str()));
-            }
+            room.ensure_open(&state)?;
             if state.is_member(user) {
                 let view = room.view(&state, None);
                 (
@@ -300,9 +298,7 @@ impl Engine {
         let slot = self.inner.writer.reserve().await;
         let completion = {
             let mut state = room.state();
-            if state.closed {
-                return Err(Error::room_not_found(room_id.as_str()));
-            }
+            room.ensure_open(&state)?;
             if state.members.remove(user).is_none() {
                 self.submit(slot, &room, Vec::new(), Vec::new())
             } else {

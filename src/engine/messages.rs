@@ -252,9 +252,7 @@ fn check_can_post(
     state: &super::room::RoomState,
     sender: Option<&UserId>,
 ) -> Result<(), Error> {
-    if state.closed {
-        return Err(Error::room_not_found(room.id.as_str()));
-    }
+    room.ensure_open(state)?;
     match sender {
         Some(user) if !state.is_member(user) => Err(Error::NotMember(room.id.to_string())),
         _ => Ok(()),

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::connections::lock;
+use crate::error::Error;
 use crate::protocol::{Message, RoomId, RoomKind, RoomView, UserId};
 
 /// A seq and the ts that goes with it.
@@ -96,6 +97,14 @@ impl Room {
 
     pub fn state(&self) -> MutexGuard<'_, RoomState> {
         lock(&self.state)
+    }
+
+    /// A room closed while the caller waited for its lock is gone: `not_found`.
+    pub fn ensure_open(&self, state: &RoomState) -> Result<(), Error> {
+        if state.closed {
+            return Err(Error::room_not_found(self.id.as_str()));
+        }
+        Ok(())
     }
 
     /// The room as clients see it; `unread` only for `rooms` replies.
