@@ -83,6 +83,10 @@ pub struct LimitsConfig {
     pub send_rate: u32,
     /// Live WebSocket connections one user may hold; one more gets HTTP 429.
     pub max_connections_per_user: usize,
+    /// How often the server pings each connection.
+    pub ping_interval_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long is dropped as dead.
+    pub idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -155,6 +159,8 @@ impl Default for LimitsConfig {
             max_bad_frames: 100,
             send_rate: 20,
             max_connections_per_user: 16,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -227,10 +233,16 @@ impl Config {
             ("history.default_last", self.history.default_last),
             ("storage.write_queue", self.storage.write_queue),
             ("storage.max_batch", self.storage.max_batch),
+            ("limits.ping_interval_ms", limits.ping_interval_ms as usize),
         ] {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
             }
+        }
+        if limits.idle_timeout_ms <= limits.ping_interval_ms {
+            return invalid(
+                "limits.idle_timeout_ms must be longer than limits.ping_interval_ms".into(),
+            );
         }
         if self.history.default_last > crate::protocol::MAX_SYNC_LIMIT {
             return invalid(format!(
@@ -292,6 +304,7 @@ mod tests {
         assert!(parse("[server]\nlisten = \"nowhere\"").is_err());
         assert!(parse("[limits]\noutbound_queue = 0").is_err());
         assert!(parse("[limits]\nmax_frame_byte = 10").is_err());
+        assert!(parse("[limits]\nping_interval_ms = 5000\nidle_timeout_ms = 5000").is_err());
         assert!(parse("not toml [").is_err());
     }
 

@@ -17,6 +17,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod storage;
 mod ws;

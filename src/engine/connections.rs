@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::protocol::{Frame, UserId};
 
 /// WebSocket close codes the server uses.
 pub mod close_code {
+    /// Normal closure, used when a client went silent past `limits.idle_timeout_ms`.
+    pub const IDLE: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// Too many bad frames in a row.
@@ -74,13 +77,21 @@ impl Connection {
 }
 
 /// Every user's live connections.
-#[derive(Default)]
 pub struct Registry {
     by_user: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            by_user: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
     /// Registers a new connection for `user`, refused with `rate_limited` past `max_per_user`.
     pub fn register(
         &self,
@@ -127,14 +138,17 @@ impl Registry {
         priority: Priority,
     ) {
         let by_user = lock(&self.by_user);
+        let mut queued = 0;
         for user in users {
             if Some(user) == skip {
                 continue;
             }
             for connection in by_user.get(user).into_iter().flatten() {
                 connection.deliver(frame, priority);
+                queued += 1;
             }
         }
+        self.metrics.deliveries.inc_by(queued);
     }
 
     /// Asks every connection to close with `code`.
@@ -167,7 +181,7 @@ mod tests {
 
     #[test]
     fn full_queue_closes_with_1013_and_typing_is_dropped_first() {
-        let registry = Registry::default();
+        let registry = Registry::new(Metrics::new());
         let (_conn, queues) = registry.register(&user("u"), 4, 16).unwrap();
         let frame = Frame::from("x");
         let users = [user("u")];
@@ -184,7 +198,7 @@ mod tests {
 
     #[test]
     fn connection_limit_per_user() {
-        let registry = Registry::default();
+        let registry = Registry::new(Metrics::new());
         let (first, _q1) = registry.register(&user("u"), 4, 1).unwrap();
         assert_eq!(
             registry.register(&user("u"), 4, 1).err().map(|e| e.code()),

@@ -89,6 +89,7 @@ impl Engine {
                     let committed_room = room.clone();
                     let completion = self.submit_with(slot, &room, writes, move |engine| {
                         committed_room.state().commit(message.clone());
+                        engine.inner.metrics.messages_stored.inc();
                         let frame = encode(&ServerFrame::Message { message: &message });
                         engine
                             .inner

@@ -26,6 +26,7 @@ use room::{Member, Room, RoomState};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::protocol::{Frame, Message, RoomId, UserId};
 use crate::storage::writer::Slot;
 use crate::storage::{KeyWrite, MessageRecord, SeqRange, Storage, StorageError, WriteOp, Writer};
@@ -46,6 +47,7 @@ struct Shared {
     /// Each user's open rooms: the index behind `rooms` and the direct-room policy.
     user_rooms: Mutex<HashMap<UserId, HashSet<RoomId>>>,
     connections: Registry,
+    metrics: Arc<Metrics>,
     /// Serialises creating and closing rooms, which consult disk tombstones and allocate
     /// room numbers. Taken only off the executor (writer thread, `unblock`).
     lifecycle: Mutex<()>,
@@ -130,10 +132,12 @@ impl Engine {
             rooms.len(),
             config.storage.path.display()
         );
+        let metrics = Metrics::new();
         let writer = Writer::start(
             storage.clone(),
             config.storage.write_queue,
             config.storage.max_batch,
+            metrics.clone(),
         );
         Ok(Engine {
             inner: Arc::new(Shared {
@@ -143,7 +147,8 @@ impl Engine {
                 writer,
                 rooms: RwLock::new(rooms),
                 user_rooms: Mutex::new(user_rooms),
-                connections: Registry::default(),
+                connections: Registry::new(metrics.clone()),
+                metrics,
                 lifecycle: Mutex::new(()),
                 next_room_number: AtomicU64::new(next_room_number),
                 storage_ok: AtomicBool::new(true),
@@ -159,6 +164,10 @@ impl Engine {
         &self.inner.auth
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Whether storage is taking writes (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.inner.storage_ok.load(Ordering::Relaxed)
@@ -167,15 +176,23 @@ impl Engine {
     /// Registers a WebSocket connection; pushes for the user's rooms start at once.
     pub fn connect(&self, user: &UserId) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
         let limits = &self.inner.config.limits;
-        self.inner.connections.register(
+        let registered = self.inner.connections.register(
             user,
             limits.outbound_queue,
             limits.max_connections_per_user,
-        )
+        );
+        match &registered {
+            Ok(_) => {
+                self.inner.metrics.connections.inc();
+            }
+            Err(error) => self.inner.metrics.count_error(error.code()),
+        }
+        registered
     }
 
     pub fn disconnect(&self, connection: &Connection) {
         self.inner.connections.unregister(connection);
+        self.inner.metrics.connections.dec();
     }
 
     /// Closes every connection with 1001, waits (bounded) for them to go, then lets the

@@ -7,11 +7,14 @@
 mod rest;
 mod upgrade;
 
+use std::sync::Arc;
+
 use serde::Serialize;
-use tide::{Request, Response, StatusCode};
+use tide::{Endpoint, Request, Response, StatusCode};
 
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::metrics::{HttpLabels, CONTENT_TYPE};
 
 type Req = Request<Engine>;
 
@@ -21,12 +24,41 @@ pub async fn serve(listener: std::net::TcpListener, engine: Engine) -> std::io::
     // back until the client's delayed ACK, about 40 ms per message.
     socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
     let mut app = tide::with_state(engine);
-    app.at("/healthz")
-        .get(|_| async { Ok(json(StatusCode::Ok, &Status { status: "ok" })) });
-    app.at("/readyz").get(readyz);
-    app.at("/v1/ws").get(upgrade::websocket);
+    app.at("/healthz").get(counted("/healthz", |_| async {
+        Ok(json(StatusCode::Ok, &Status { status: "ok" }))
+    }));
+    app.at("/readyz").get(counted("/readyz", readyz));
+    app.at("/metrics").get(counted("/metrics", metrics));
+    app.at("/v1/ws").get(counted("/v1/ws", upgrade::websocket));
     rest::routes(&mut app);
     app.listen(listener).await
+}
+
+/// Wraps an endpoint so its requests are counted by route pattern, method and status.
+fn counted(route: &'static str, endpoint: impl Endpoint<Engine>) -> impl Endpoint<Engine> {
+    let endpoint = Arc::new(endpoint);
+    move |req: Req| {
+        let endpoint = endpoint.clone();
+        async move {
+            let method = req.method().to_string();
+            let engine = req.state().clone();
+            let response = endpoint.call(req).await?;
+            let labels = HttpLabels {
+                method,
+                route,
+                status: response.status().into(),
+            };
+            engine.metrics().http_requests.get_or_create(&labels).inc();
+            Ok(response)
+        }
+    }
+}
+
+async fn metrics(req: Req) -> tide::Result {
+    let mut response = Response::new(StatusCode::Ok);
+    response.set_body(req.state().metrics().encode());
+    response.insert_header("Content-Type", CONTENT_TYPE);
+    Ok(response)
 }
 
 #[derive(Serialize)]

@@ -7,23 +7,26 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use smol::io::AsyncReadExt;
 use tide::{Response, Server, StatusCode};
 
-use super::{bearer, error_response, json, Req};
+use super::{bearer, counted, error_response, json, Req};
 use crate::engine::membership::Outcome;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::protocol::{HistoryQuery, Message, NewMessage, RoomId, UserId};
 
 pub fn routes(app: &mut Server<Engine>) {
-    app.at("/v1/rooms/:room_id")
-        .put(rest(put_room))
-        .get(rest(get_room))
-        .delete(rest(delete_room));
-    app.at("/v1/rooms/:room_id/members/:user_id")
-        .put(rest(put_member))
-        .delete(rest(delete_member));
-    app.at("/v1/rooms/:room_id/messages")
-        .post(rest(post_message))
-        .get(rest(get_messages));
+    const ROOM: &str = "/v1/rooms/:room_id";
+    const MEMBER: &str = "/v1/rooms/:room_id/members/:user_id";
+    const MESSAGES: &str = "/v1/rooms/:room_id/messages";
+    app.at(ROOM)
+        .put(counted(ROOM, rest(put_room)))
+        .get(counted(ROOM, rest(get_room)))
+        .delete(counted(ROOM, rest(delete_room)));
+    app.at(MEMBER)
+        .put(counted(MEMBER, rest(put_member)))
+        .delete(counted(MEMBER, rest(delete_member)));
+    app.at(MESSAGES)
+        .post(counted(MESSAGES, rest(post_message)))
+        .get(counted(MESSAGES, rest(get_messages)));
 }
 
 /// Wraps a handler with API-key auth and the protocol's error bodies.

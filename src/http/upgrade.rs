@@ -15,14 +15,18 @@ pub async fn websocket(req: Req) -> tide::Result {
             .find(|(key, _)| key == "token")
             .map(|(_, value)| value.into_owned())
     });
-    let Some(token) = token else {
-        return Ok(error_response(&Error::Unauthorized(
+    let user = match token {
+        Some(token) => engine.auth().user_of_token(&token),
+        None => Err(Error::Unauthorized(
             "a token is required: Authorization: Bearer <token> or ?token=".into(),
-        )));
+        )),
     };
-    let user = match engine.auth().user_of_token(&token) {
+    let user = match user {
         Ok(user) => user,
-        Err(error) => return Ok(error_response(&error)),
+        Err(error) => {
+            engine.metrics().count_error(error.code());
+            return Ok(error_response(&error));
+        }
     };
     let wants_upgrade =
         header_has(&req, "Connection", "upgrade") && header_has(&req, "Upgrade", "websocket");

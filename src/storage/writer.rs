@@ -8,10 +8,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use async_lock::{Semaphore, SemaphoreGuardArc};
 
 use super::{codec, Cf, Storage, StorageError};
+use crate::metrics::Metrics;
 
 /// One key change.
 #[derive(Debug)]
@@ -53,13 +55,18 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread. At most `queue_limit` ops wait; at most `max_batch` go in
     /// one commit.
-    pub fn start(storage: Arc<Storage>, queue_limit: usize, max_batch: usize) -> Writer {
+    pub fn start(
+        storage: Arc<Storage>,
+        queue_limit: usize,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
         // The queue itself is unbounded; the semaphore is what bounds it, because a sender
         // must hold a slot before it takes the locks under which it submits.
         let (queue, ops) = async_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("chat-engine-writer".into())
-            .spawn(move || write_loop(&storage, &ops, max_batch))
+            .spawn(move || write_loop(&storage, &ops, max_batch, &metrics))
             .expect("spawn writer thread");
         Writer {
             queue,
@@ -102,7 +109,12 @@ impl Writer {
     }
 }
 
-fn write_loop(storage: &Storage, ops: &async_channel::Receiver<(WriteOp, Slot)>, max_batch: usize) {
+fn write_loop(
+    storage: &Storage,
+    ops: &async_channel::Receiver<(WriteOp, Slot)>,
+    max_batch: usize,
+    metrics: &Metrics,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = ops.recv_blocking() {
         batch.push(first);
@@ -112,11 +124,11 @@ fn write_loop(storage: &Storage, ops: &async_channel::Receiver<(WriteOp, Slot)>,
                 Err(_) => break,
             }
         }
-        commit(storage, &mut batch);
+        commit(storage, &mut batch, metrics);
     }
 }
 
-fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>) {
+fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>, metrics: &Metrics) {
     let mut current = Vec::with_capacity(batch.len());
     for (op, slot) in batch.drain(..) {
         let superseded = matches!(&op.built_on, Some((counter, seen)) if counter.load(Ordering::Acquire) != *seen);
@@ -134,9 +146,16 @@ fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>) {
         // Only barriers: everything before them committed in earlier batches.
         Ok(())
     } else {
-        storage.write(current.iter().flat_map(|(op, _)| &op.writes), true)
+        let started = Instant::now();
+        let result = storage.write(current.iter().flat_map(|(op, _)| &op.writes), true);
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.commit_batch_writes.observe(writes as f64);
+        result
     };
     if let Err(e) = &result {
+        metrics.commit_failures.inc();
         log::error!("group commit of {writes} writes failed: {e}");
     }
     for (op, _slot) in current {

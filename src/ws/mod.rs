@@ -1,12 +1,14 @@
 //! One WebSocket connection after the upgrade: the reader turns frames into engine calls and
 //! queues their replies; the writer drains the connection's queue to the socket, batching
-//! frames into one flush, and writes the close frame when the connection must end.
+//! frames into one flush, pings the client, and writes the close frame when the connection
+//! must end, whether the engine asked or the client went quiet for `limits.idle_timeout_ms`.
 
 mod rate;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -17,7 +19,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 
 use crate::engine::{close_code, Connection, ConnectionQueues, Engine, Priority};
 use crate::error::Error;
-use crate::protocol::{encode, parse_request, Frame, Request, RequestBody, ServerFrame};
+use crate::protocol::{encode, parse_request, Frame, Request, RequestBody, RequestId, ServerFrame};
 use rate::TokenBucket;
 
 /// Frames written before one flush: enough to batch a burst, few enough to keep latency low.
@@ -42,29 +44,79 @@ pub async fn serve<S>(
         .write_buffer_size(0);
     let socket = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
     let (sink, stream) = socket.split();
-    // Set once the close frame is out: the reader then only drains until the client's close
-    // reply, because dropping a socket with unread input makes the kernel reset it, and a
-    // reset can destroy the close frame before the client reads it.
-    let closing = AtomicBool::new(false);
-    let reader = read_loop(&engine, &connection, stream, &closing);
-    let writer = write_loop(sink, queues, &closing);
+    let shared = Shared {
+        engine: &engine,
+        connection: &connection,
+        closing: AtomicBool::new(false),
+        heard: Heard::new(),
+    };
+    let reader = read_loop(&shared, stream);
+    let writer = write_loop(&shared, sink, queues);
     smol::future::or(reader, writer).await;
     engine.disconnect(&connection);
 }
 
-async fn read_loop<S>(
-    engine: &Engine,
-    connection: &Connection,
-    mut stream: WebSocketReceiver<S>,
-    closing: &AtomicBool,
-) where
+/// What the reader and the writer of one connection share.
+struct Shared<'a> {
+    engine: &'a Engine,
+    connection: &'a Connection,
+    /// Set once the close frame is out: the reader then only drains until the client's close
+    /// reply, because dropping a socket with unread input makes the kernel reset it, and a
+    /// reset can destroy the close frame before the client reads it.
+    closing: AtomicBool,
+    /// When the client last sent anything, pongs included.
+    heard: Heard,
+}
+
+/// The time of the last frame from the client, in milliseconds since the connection opened.
+struct Heard {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Heard {
+        Heard {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn silent_for_ms(&self) -> u64 {
+        self.now_ms()
+            .saturating_sub(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// An `error` frame, counted under its code.
+fn error_frame(engine: &Engine, id: Option<&RequestId>, error: &Error) -> Frame {
+    engine.metrics().count_error(error.code());
+    encode(&ServerFrame::error(id, error))
+}
+
+async fn read_loop<S>(shared: &Shared<'_>, mut stream: WebSocketReceiver<S>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Shared {
+        engine, connection, ..
+    } = *shared;
     let limits = &engine.config().limits;
     let mut bad_in_a_row = 0;
     let mut sends = TokenBucket::new(limits.send_rate, 2 * limits.send_rate);
     while let Some(incoming) = stream.next().await {
-        if closing.load(Ordering::Acquire) && !matches!(incoming, Ok(WsMessage::Close(_)) | Err(_))
+        shared.heard.touch();
+        engine.metrics().frames_in.inc();
+        if shared.closing.load(Ordering::Acquire)
+            && !matches!(incoming, Ok(WsMessage::Close(_)) | Err(_))
         {
             continue;
         }
@@ -76,17 +128,17 @@ async fn read_loop<S>(
                 }
                 Err((id, error)) => {
                     bad_in_a_row += 1;
-                    Some(encode(&ServerFrame::error(id.as_ref(), &error)))
+                    Some(error_frame(engine, id.as_ref(), &error))
                 }
             },
             Ok(WsMessage::Binary(_)) => {
                 bad_in_a_row += 1;
                 let error =
                     Error::BadRequest("binary frames are not supported; send JSON text".into());
-                Some(encode(&ServerFrame::error(None, &error)))
+                Some(error_frame(engine, None, &error))
             }
             Ok(WsMessage::Close(_)) => return,
-            // Pings are answered by tungstenite itself.
+            // Pings are answered by tungstenite itself; pongs only prove the client is alive.
             Ok(_) => None,
             Err(tungstenite::Error::Capacity(e)) => {
                 log::info!(
@@ -94,6 +146,7 @@ async fn read_loop<S>(
                     connection.id,
                     connection.user
                 );
+                engine.metrics().count_error("too_large");
                 connection.close(close_code::TOO_BIG);
                 return std::future::pending().await;
             }
@@ -174,19 +227,25 @@ async fn handle(
             Err(error) => Err(error),
         },
     };
-    Some(result.unwrap_or_else(|error| encode(&ServerFrame::error(id, &error))))
+    Some(result.unwrap_or_else(|error| error_frame(engine, id, &error)))
 }
 
-async fn write_loop<S>(mut sink: WebSocketSender<S>, queues: ConnectionQueues, closing: &AtomicBool)
+async fn write_loop<S>(shared: &Shared<'_>, mut sink: WebSocketSender<S>, queues: ConnectionQueues)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     enum Next {
         Frame(Frame),
         Close(u16),
+        Tick,
         Gone,
     }
-    loop {
+    let limits = &shared.engine.config().limits;
+    let metrics = shared.engine.metrics();
+    let mut ticks = smol::Timer::interval(Duration::from_millis(limits.ping_interval_ms));
+    // A write may wait for the client as long as the client may stay silent.
+    let stall_limit = Duration::from_millis(limits.idle_timeout_ms);
+    let code = loop {
         // Close requests go first, so a 1013 is not stuck behind the full queue it is for.
         let next = smol::future::or(
             async {
@@ -195,58 +254,108 @@ where
                     Err(_) => std::future::pending().await,
                 }
             },
-            async {
-                match queues.frames.recv().await {
-                    Ok(frame) => Next::Frame(frame),
-                    Err(_) => Next::Gone,
-                }
-            },
+            smol::future::or(
+                async {
+                    match queues.frames.recv().await {
+                        Ok(frame) => Next::Frame(frame),
+                        Err(_) => Next::Gone,
+                    }
+                },
+                async {
+                    ticks.next().await;
+                    Next::Tick
+                },
+            ),
         )
         .await;
-        match next {
+        let written = match next {
             Next::Frame(frame) => {
-                if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                    return;
-                }
-                for _ in 1..MAX_FRAMES_PER_FLUSH {
-                    let Ok(frame) = queues.frames.try_recv() else {
-                        break;
-                    };
-                    if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
+                let batch =
+                    within(stall_limit, write_batch(&mut sink, frame, &queues.frames)).await;
+                batch.map(|frames| {
+                    metrics.frames_out.inc_by(frames);
+                })
             }
-            Next::Close(code) => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: close_reason(code).into(),
-                };
-                closing.store(true, Ordering::Release);
-                // Written, or timed out; then give the reader the rest of the time to see the
-                // client's close reply, which ends the connection.
-                let _ = smol::future::or(
-                    async { sink.send(WsMessage::Close(Some(frame))).await.is_ok() },
-                    async {
-                        smol::Timer::after(CLOSE_TIMEOUT).await;
-                        false
-                    },
-                )
-                .await;
-                smol::Timer::after(CLOSE_TIMEOUT).await;
-                return;
+            Next::Tick if shared.heard.silent_for_ms() < limits.idle_timeout_ms => {
+                let ping = sink.send(WsMessage::Ping(Default::default()));
+                within(stall_limit, ping).await
             }
+            Next::Tick => {
+                log::info!(
+                    "closing connection {} of {}: silent for over {} ms",
+                    shared.connection.id,
+                    shared.connection.user,
+                    limits.idle_timeout_ms
+                );
+                break close_code::IDLE;
+            }
+            Next::Close(code) => break code,
             Next::Gone => return,
+        };
+        if written.is_none() {
+            return;
         }
+    };
+    metrics.count_close(code);
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: close_reason(code).into(),
+    };
+    shared.closing.store(true, Ordering::Release);
+    // Written, or timed out; then give the reader the rest of the time to see the client's
+    // close reply, which ends the connection.
+    let _ = smol::future::or(
+        async { sink.send(WsMessage::Close(Some(frame))).await.is_ok() },
+        async {
+            smol::Timer::after(CLOSE_TIMEOUT).await;
+            false
+        },
+    )
+    .await;
+    smol::Timer::after(CLOSE_TIMEOUT).await;
+}
+
+/// Writes `first` and whatever else is queued, up to [`MAX_FRAMES_PER_FLUSH`], with one
+/// flush. Returns how many frames it wrote.
+async fn write_batch<S>(
+    sink: &mut WebSocketSender<S>,
+    first: Frame,
+    queued: &async_channel::Receiver<Frame>,
+) -> Result<u64, tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    sink.feed(WsMessage::Text(first)).await?;
+    let mut written = 1;
+    while written < MAX_FRAMES_PER_FLUSH {
+        let Ok(frame) = queued.try_recv() else {
+            break;
+        };
+        sink.feed(WsMessage::Text(frame)).await?;
+        written += 1;
     }
+    sink.flush().await?;
+    Ok(written as u64)
+}
+
+/// Runs one socket write, giving up after `limit`: a client that stops reading fills its
+/// socket buffer, and the write would otherwise wait forever, holding the connection (and
+/// the close frame meant for it) open.
+async fn within<T>(
+    limit: Duration,
+    write: impl Future<Output = Result<T, tungstenite::Error>>,
+) -> Option<T> {
+    smol::future::or(async { write.await.ok() }, async {
+        smol::Timer::after(limit).await;
+        None
+    })
+    .await
 }
 
 fn close_reason(code: u16) -> &'static str {
     match code {
         close_code::GOING_AWAY => "server shutting down",
+        close_code::IDLE => "idle timeout: no pong",
         close_code::POLICY_VIOLATION => "too many bad frames",
         close_code::TOO_BIG => "frame too large",
         close_code::TRY_AGAIN_LATER => "too slow: reconnect and sync",

@@ -165,6 +165,18 @@ impl Endpoint {
     }
 
     /// An app token for `user`, valid for an hour.
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, text) = self.rest_text("GET", "/metrics", None, None);
+        assert_eq!(status, 200, "/metrics: {text}");
+        text
+    }
+
+    /// One series of `/metrics` (name with its labels, as printed), or 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
     pub fn token(&self, user: &str) -> String {
         token_with_secret(&self.jwt_secret, user)
     }
@@ -197,6 +209,19 @@ impl Endpoint {
             c
         })
     }
+}
+
+/// The value of `series` in a Prometheus text exposition, or 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| {
+            value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("bad metric line for {series}: {value}"))
+        })
 }
 
 pub fn token_with_secret(secret: &str, user: &str) -> String {

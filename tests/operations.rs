@@ -1,0 +1,123 @@
+//! Operations: `/metrics`, idle connections, and what an operator relies on to see the
+//! server's state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Polls `series` until it equals `want`, or fails after a few seconds.
+#[track_caller]
+fn wait_for_metric(server: &TestServer, series: &str, want: f64) {
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let got = server.metric(series);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {got}, want {want}:\n{}",
+            server.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_count_connections_messages_deliveries_and_refusals() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_message_bytes = 100;
+        c.limits.send_rate = 1;
+    });
+    server.create_room("r1", "u1");
+    server.add_member("r1", "u2");
+    let mut u1 = server.ws("u1");
+    let mut u2 = server.ws("u2");
+    wait_for_metric(&server, "chat_engine_connections", 2.0);
+
+    u1.send_msg("r1", "hello");
+    u2.expect_push("message");
+    u1.request_err(
+        json!({"type": "send", "room_id": "r1", "text": "x".repeat(200)}),
+        "too_large",
+    );
+    // The burst is 2 and the refused send took the second token.
+    u1.request_err(
+        json!({"type": "send", "room_id": "r1", "text": "three"}),
+        "rate_limited",
+    );
+    u1.send_text("not json");
+    u1.recv_json();
+
+    let text = server.metrics();
+    let value = |series: &str| metric_value(&text, series);
+    assert_eq!(value("chat_engine_messages_stored_total"), 1.0, "{text}");
+    // The message reaches both members' one connection.
+    assert_eq!(value("chat_engine_deliveries_total"), 2.0, "{text}");
+    assert_eq!(
+        value("chat_engine_errors_total{code=\"too_large\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("chat_engine_errors_total{code=\"rate_limited\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("chat_engine_errors_total{code=\"bad_request\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(value("chat_engine_ws_frames_received_total"), 4.0, "{text}");
+    assert!(value("chat_engine_ws_frames_sent_total") >= 6.0, "{text}");
+    assert!(value("chat_engine_commit_seconds_count") >= 1.0, "{text}");
+    assert!(
+        value("chat_engine_commit_batch_writes_sum") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "chat_engine_http_requests_total{method=\"PUT\",route=\"/v1/rooms/:room_id\",status=\"201\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "chat_engine_http_requests_total{method=\"PUT\",route=\"/v1/rooms/:room_id/members/:user_id\",status=\"201\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+
+    u2.close();
+    wait_for_metric(&server, "chat_engine_connections", 1.0);
+}
+
+#[test]
+fn silent_connections_are_dropped_and_answering_ones_kept() {
+    let server = TestServer::start_with(|c| {
+        c.limits.ping_interval_ms = 100;
+        c.limits.idle_timeout_ms = 500;
+    });
+    server.create_room("r1", "u1");
+    // `silent` never reads, so it never answers the server's pings.
+    let _silent = server.ws("silent");
+    let mut alive = server.ws("u1");
+    wait_for_metric(&server, "chat_engine_connections", 2.0);
+    let started = Instant::now();
+    // Reading answers pings (tungstenite replies to them as it reads).
+    while started.elapsed() < Duration::from_millis(1500) {
+        alive.expect_silence(Duration::from_millis(100));
+    }
+    wait_for_metric(&server, "chat_engine_connections", 1.0);
+    assert_eq!(
+        server.metric("chat_engine_ws_closes_total{code=\"1000\"}"),
+        1.0
+    );
+    alive.request_ok(json!({"type": "ping"}), "pong");
+}
