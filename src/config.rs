@@ -13,6 +13,10 @@ use serde::Deserialize;
 pub const DEV_JWT_SECRET: &str = "chat-engine-dev-secret-change-me";
 /// RouteAPI key used when no config sets one. Anyone can call REST with it.
 pub const DEV_API_KEY: &str = "chat-engine-dev-api-key";
+/// Overrides `auth.jwt_secret`, so the secret can stay out of the config file.
+pub const ENV_JWT_SECRET: &str = "CHAT_ENGINE_JWT_SECRET";
+/// Overrides `auth.api_keys`: keys separated by commas.
+pub const ENV_API_KEYS: &str = "CHAT_ENGINE_API_KEYS";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -188,7 +192,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a TOML config file.
+    /// Reads a TOML config file. Validate it once overrides (flags, environment) are applied.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -199,8 +203,23 @@ impl Config {
             // toml's message spans several lines (it quotes the source); the reason must be one.
             reason: e.message().replace('\n', " "),
         })?;
-        config.validate()?;
         Ok(config)
+    }
+
+    /// Takes the secrets from the environment where it sets them ([`ENV_JWT_SECRET`],
+    /// [`ENV_API_KEYS`]); `var` looks a variable up.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(secret) = var(ENV_JWT_SECRET) {
+            self.auth.jwt_secret = secret;
+        }
+        if let Some(keys) = var(ENV_API_KEYS) {
+            self.auth.api_keys = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|key| !key.is_empty())
+                .map(String::from)
+                .collect();
+        }
     }
 
     /// Checks what serde cannot: addresses, non-zero limits, non-empty secrets.
@@ -214,6 +233,9 @@ impl Config {
         }
         if self.auth.jwt_secret.is_empty() {
             return invalid("auth.jwt_secret is empty".into());
+        }
+        if self.auth.api_keys.is_empty() {
+            return invalid("auth.api_keys is empty: RouteAPI could not call REST".into());
         }
         if self.auth.api_keys.iter().any(String::is_empty) {
             return invalid("auth.api_keys holds an empty key".into());
@@ -306,6 +328,25 @@ mod tests {
         assert!(parse("[limits]\nmax_frame_byte = 10").is_err());
         assert!(parse("[limits]\nping_interval_ms = 5000\nidle_timeout_ms = 5000").is_err());
         assert!(parse("not toml [").is_err());
+    }
+
+    #[test]
+    fn secrets_from_the_environment_override_the_file() {
+        let mut config = parse("[auth]\njwt_secret = \"file\"\napi_keys = [\"file-key\"]").unwrap();
+        config.apply_env(|name| match name {
+            ENV_JWT_SECRET => Some("from-env".into()),
+            ENV_API_KEYS => Some(" k1, k2 ,".into()),
+            _ => None,
+        });
+        assert_eq!(config.auth.jwt_secret, "from-env");
+        assert_eq!(config.auth.api_keys, ["k1", "k2"]);
+        config.apply_env(|_| None);
+        assert_eq!(
+            config.auth.jwt_secret, "from-env",
+            "unset variables change nothing"
+        );
+        config.apply_env(|name| (name == ENV_API_KEYS).then(|| ",".into()));
+        assert!(config.validate().is_err(), "no API key left");
     }
 
     #[test]

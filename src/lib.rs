@@ -19,6 +19,7 @@ pub mod error;
 mod http;
 pub mod metrics;
 pub mod protocol;
+mod service;
 pub mod storage;
 mod ws;
 
@@ -44,12 +45,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let engine = engine::Engine::open(config)?;
-    let served = http::serve(listener, engine.clone());
+    let served = smol::future::or(http::serve(listener, engine.clone()), async {
+        service::feed_watchdog(engine.clone()).await;
+        Ok(())
+    });
+    service::ready();
     let outcome = smol::future::or(async { Some(served.await) }, async {
         shutdown.await;
         None
     })
     .await;
+    service::stopping();
     engine.shutdown().await;
     match outcome {
         Some(result) => result.map_err(StartError::from),

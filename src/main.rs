@@ -49,11 +49,14 @@ fn main() {
     }
 }
 
+/// The config file (or the built-in defaults), with secrets from the environment on top.
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
+    let mut config = match path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
-    })
+    };
+    config.apply_env(|name| std::env::var(name).ok());
+    Ok(config)
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -75,6 +78,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Token { user, ttl, config } => {
             let config = load_config(config.as_ref())?;
+            config.validate()?;
             let user = UserId::parse(&user)?;
             let ttl = chat_engine::auth::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
             println!(

@@ -379,6 +379,81 @@ fn sigint_stops_with_exit_0() {
     assert_eq!(p.rest("GET", "/v1/rooms/r1", None).0, 200);
 }
 
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once serving, WATCHDOG=1 at half
+/// the interval while running, STOPPING=1 on SIGTERM.
+#[test]
+fn tells_systemd_ready_feeds_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    let socket_text = socket_path.to_str().unwrap();
+    let mut p = Process::start_with_env(
+        &dir.path().join("data"),
+        &config_toml(""),
+        &[("NOTIFY_SOCKET", socket_text), ("WATCHDOG_USEC", "300000")],
+    );
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.lines().any(|l| l == "READY=1"), "first: {first:?}");
+    // The server answers by the time systemd would let clients in.
+    assert_eq!(p.rest("GET", "/readyz", None).0, 200);
+    for _ in 0..3 {
+        assert_eq!(next().trim(), "WATCHDOG=1");
+    }
+    p.terminate();
+    let stopping = loop {
+        let note = next();
+        if note != "WATCHDOG=1\n" {
+            break note;
+        }
+    };
+    assert!(
+        stopping.lines().any(|l| l == "STOPPING=1"),
+        "after SIGTERM: {stopping:?}"
+    );
+    assert!(p.wait().success());
+}
+
+/// CHAT_ENGINE_JWT_SECRET and CHAT_ENGINE_API_KEYS replace the file's secrets, so a config
+/// file can be shared without them.
+#[test]
+fn secrets_from_the_environment_replace_the_files() {
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::start_with_env(
+        data.path(),
+        &config_toml(""),
+        &[
+            ("CHAT_ENGINE_JWT_SECRET", "env-jwt-secret"),
+            ("CHAT_ENGINE_API_KEYS", "env-key-1,env-key-2"),
+        ],
+    );
+    let put = |key: &str| {
+        p.rest_text(
+            "PUT",
+            "/v1/rooms/r1",
+            Some(&format!("Bearer {key}")),
+            Some(r#"{"owner_id":"d1"}"#),
+        )
+        .0
+    };
+    assert_eq!(put(TEST_API_KEY), 401, "the file's key no longer works");
+    assert_eq!(put("env-key-2"), 201);
+    let from_env = token_with_secret("env-jwt-secret", "d1");
+    let mut c = Client::connect(p.addr, &p.ws_url(Some(&from_env)), None).expect("env token");
+    assert_eq!(c.rooms().len(), 1);
+    let from_file = p.token("d1");
+    assert!(matches!(
+        Client::connect(p.addr, &p.ws_url(Some(&from_file)), None),
+        Err(ConnectError::Http(401))
+    ));
+}
+
 /// Runs `serve` with `config` (None: a missing file) and asserts a non-zero exit with a
 /// one-line reason mentioning one of `keywords`.
 fn assert_bad_config(name: &str, config: Option<&str>, listen: bool, keywords: &[&str]) {

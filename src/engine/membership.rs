@@ -223,20 +223,6 @@ impl Engine {
         completion.wait().await
     }
 
-    /// A write of nothing that commits after everything submitted before it.
-    fn barrier(&self, slot: Slot) -> Completion {
-        let (tx, rx) = async_channel::bounded(1);
-        let op = crate::storage::WriteOp {
-            writes: Vec::new(),
-            built_on: None,
-            done: Box::new(move |result| {
-                let _ = tx.try_send(result);
-            }),
-        };
-        self.inner.writer.submit(slot, op);
-        Completion(rx)
-    }
-
     /// `PUT /v1/rooms/{id}/members/{user}`: joins `user` (who gets `joined`; the others get
     /// `member_joined`).
     pub async fn join(

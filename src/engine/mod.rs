@@ -337,6 +337,27 @@ impl Engine {
         }
     }
 
+    /// A write of nothing that commits after everything submitted before it.
+    fn barrier(&self, slot: Slot) -> Completion {
+        let (tx, rx) = async_channel::bounded(1);
+        let op = WriteOp {
+            writes: Vec::new(),
+            built_on: None,
+            done: Box::new(move |result| {
+                let _ = tx.try_send(result);
+            }),
+        };
+        self.inner.writer.submit(slot, op);
+        Completion(rx)
+    }
+
+    /// Whether the storage writer still takes work: a barrier through it completes. The
+    /// systemd watchdog is fed only while it does.
+    pub async fn writer_responds(&self) -> bool {
+        let slot = self.inner.writer.reserve().await;
+        self.barrier(slot).wait().await.is_ok()
+    }
+
     /// Runs a blocking storage read off the executor.
     async fn read_storage<T: Send + 'static>(
         &self,

@@ -826,6 +826,11 @@ impl Process {
     /// its "listening on" line. `config_toml` must set `[auth]` to the test secrets
     /// (see `config_toml`).
     pub fn start(data_dir: &Path, config_toml: &str) -> Process {
+        Self::start_with_env(data_dir, config_toml, &[])
+    }
+
+    /// [`Process::start`] with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, config_toml: &str, env: &[(&str, &str)]) -> Process {
         let config_dir = tempfile::tempdir().unwrap();
         let config_path = config_dir.path().join("chat-engine.toml");
         std::fs::write(&config_path, config_toml).unwrap();
@@ -837,6 +842,7 @@ impl Process {
             .arg(data_dir)
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
