@@ -394,7 +394,7 @@ fn tells_systemd_ready_feeds_the_watchdog_and_says_stopping() {
         &config_toml(""),
         &[("NOTIFY_SOCKET", socket_text), ("WATCHDOG_USEC", "300000")],
     );
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification within 5 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
