@@ -180,7 +180,8 @@ impl Default for DirectConfig {
 /// Why a config could not be used; printed as the one-line reason before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    /// The binary prints the source after this message (anyhow's `{:#}`).
+    #[error("cannot read config {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

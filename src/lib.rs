@@ -13,6 +13,7 @@
 //! failures to protocol codes. [`run`] wires them together; `main.rs` and the tests share it.
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod engine;
 pub mod error;

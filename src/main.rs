@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use log::LevelFilter;
 use structopt::StructOpt;
 
+use chat_engine::backup::Made;
 use chat_engine::config::Config;
 use chat_engine::protocol::UserId;
 
@@ -22,6 +23,21 @@ enum Command {
         #[structopt(long)]
         listen: Option<String>,
         /// Data directory (overrides storage.path).
+        #[structopt(long)]
+        data: Option<PathBuf>,
+    },
+    /// Writes a consistent copy of the data directory to a new directory: through the
+    /// running server if one answers, else from the stopped data directory.
+    Backup {
+        /// Directory to create; it must not exist. It is a complete data directory.
+        #[structopt(long)]
+        to: PathBuf,
+        #[structopt(long)]
+        config: Option<PathBuf>,
+        /// Address of the running server (default: server.listen).
+        #[structopt(long)]
+        server: Option<String>,
+        /// Data directory for an offline backup (overrides storage.path).
         #[structopt(long)]
         data: Option<PathBuf>,
     },
@@ -75,6 +91,31 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             config.validate()?;
             serve(config)
+        }
+        Command::Backup {
+            to,
+            config,
+            server,
+            data,
+        } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(data) = data {
+                config.storage.path = data;
+            }
+            match chat_engine::backup::backup(&config, server.as_deref(), &to)? {
+                Made::Online(server) => {
+                    println!(
+                        "backup written to {} by the server at {server}",
+                        to.display()
+                    )
+                }
+                Made::Offline => println!(
+                    "backup written to {} from {} (no server was running)",
+                    to.display(),
+                    config.storage.path.display()
+                ),
+            }
+            Ok(())
         }
         Command::Token { user, ttl, config } => {
             let config = load_config(config.as_ref())?;

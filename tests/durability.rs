@@ -299,6 +299,7 @@ struct UnderLoad {
     config: String,
     process: Process,
     threads: Vec<SenderThread>,
+    acked: Arc<AtomicUsize>,
 }
 
 fn under_load() -> UnderLoad {
@@ -315,6 +316,7 @@ fn under_load() -> UnderLoad {
         config,
         process,
         threads,
+        acked,
     }
 }
 
@@ -325,6 +327,7 @@ fn sigkill_loses_no_acknowledged_message() {
         config,
         process: mut p,
         threads,
+        ..
     } = under_load();
     p.kill_9();
     let status = p.wait();
@@ -344,6 +347,7 @@ fn sigterm_while_sending_exits_0_and_loses_no_acknowledged_message() {
         config,
         process: mut p,
         threads,
+        ..
     } = under_load();
     terminate_cleanly(&mut p);
     let (acks, codes) = collect_acks(threads);
@@ -604,4 +608,102 @@ fn token_subcommand_prints_a_token_the_server_accepts() {
     // A bad user id is refused.
     let (status, _, _) = run_bin(&["token", "bad user"], Duration::from_secs(15));
     assert!(!status.success(), "token for an invalid user id must fail");
+}
+
+/// `chat-engine backup` while 8 senders keep writing: the copy is a working data directory
+/// holding a gapless prefix with everything acknowledged before the backup began. With the
+/// server stopped, the offline copy holds everything.
+#[test]
+fn backup_online_under_load_and_offline_restore_to_working_data_dirs() {
+    let UnderLoad {
+        data,
+        config,
+        process: mut p,
+        threads,
+        acked,
+    } = under_load();
+    let backups = tempfile::tempdir().unwrap();
+    let online = backups.path().join("online");
+    let acked_before = acked.load(Ordering::SeqCst) as u64;
+    let server = p.addr.to_string();
+    let config_file = backups.path().join("chat-engine.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    let config_path = config_file.to_str().unwrap().to_owned();
+    let (status, out, err) = run_bin(
+        &[
+            "backup",
+            "--to",
+            online.to_str().unwrap(),
+            "--config",
+            &config_path,
+            "--server",
+            &server,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "online backup: {out} {err}");
+    assert!(out.contains("by the server at"), "{out}");
+    // At most 8 x 16 sends are in flight, so 500 more acks means writes the copy lacks.
+    wait_for_acks(&acked, acked.load(Ordering::SeqCst) + 500);
+    let (again, _, err) = run_bin(
+        &[
+            "backup",
+            "--to",
+            online.to_str().unwrap(),
+            "--config",
+            &config_path,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!again.success(), "a backup never overwrites");
+    assert!(err.contains("already exists"), "{err}");
+    terminate_cleanly(&mut p);
+    let (acks, _) = collect_acks(threads);
+    drop(p);
+
+    let offline = backups.path().join("offline");
+    let (status, out, err) = run_bin(
+        &[
+            "backup",
+            "--to",
+            offline.to_str().unwrap(),
+            "--config",
+            &config_path,
+            "--data",
+            data.path().to_str().unwrap(),
+            "--server",
+            &server,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "offline backup: {out} {err}");
+    assert!(out.contains("no server was running"), "{out}");
+
+    let restored = Process::start(&online, &config);
+    let max = {
+        let mut c = restored.ws("s0");
+        seqs(&c.sync_all_since_seq("r1", 0, 500))
+            .last()
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(
+        max >= acked_before,
+        "the online copy holds {max} messages; {acked_before} were acknowledged before it began"
+    );
+    assert!(
+        max < acks.len() as u64,
+        "sends after the backup are not in it"
+    );
+    let prefix: BTreeMap<u64, String> = acks
+        .iter()
+        .filter(|(seq, _)| **seq <= max)
+        .map(|(seq, text)| (*seq, text.clone()))
+        .collect();
+    check_after_restart(&restored, &prefix);
+    drop(restored);
+
+    // The offline copy holds every acknowledged message.
+    let restored = Process::start(&offline, &config);
+    check_after_restart(&restored, &acks);
 }

@@ -351,6 +351,29 @@ impl Engine {
         Completion(rx)
     }
 
+    /// Writes a consistent copy of the data directory to `dir` while serving (`chat-engine
+    /// backup`). `dir` must be absolute and must not exist.
+    pub async fn backup(&self, dir: std::path::PathBuf) -> Result<(), Error> {
+        if !dir.is_absolute() {
+            return Err(Error::BadRequest(format!(
+                "backup directory {} is not an absolute path",
+                dir.display()
+            )));
+        }
+        if dir.exists() {
+            return Err(Error::Conflict(format!("{} already exists", dir.display())));
+        }
+        let storage = self.inner.storage.clone();
+        smol::unblock(move || {
+            storage
+                .checkpoint(&dir)
+                .map_err(|e| Error::Internal(format!("backup to {} failed: {e}", dir.display())))?;
+            log::info!("backup written to {}", dir.display());
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether the storage writer still takes work: a barrier through it completes. The
     /// systemd watchdog is fed only while it does.
     pub async fn writer_responds(&self) -> bool {

@@ -17,6 +17,7 @@ pub fn routes(app: &mut Server<Engine>) {
     const ROOM: &str = "/v1/rooms/:room_id";
     const MEMBER: &str = "/v1/rooms/:room_id/members/:user_id";
     const MESSAGES: &str = "/v1/rooms/:room_id/messages";
+    const BACKUP: &str = "/v1/admin/backup";
     app.at(ROOM)
         .put(counted(ROOM, rest(put_room)))
         .get(counted(ROOM, rest(get_room)))
@@ -27,6 +28,7 @@ pub fn routes(app: &mut Server<Engine>) {
     app.at(MESSAGES)
         .post(counted(MESSAGES, rest(post_message)))
         .get(counted(MESSAGES, rest(get_messages)));
+    app.at(BACKUP).post(counted(BACKUP, rest(post_backup)));
 }
 
 /// Wraps a handler with API-key auth and the protocol's error bodies.
@@ -164,4 +166,20 @@ async fn get_messages(req: Req) -> Result<Response, Error> {
             has_more: page.has_more,
         },
     ))
+}
+
+/// `POST /v1/admin/backup` body: where the server writes the copy.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    /// An absolute directory that does not exist yet, writable by the server.
+    to: std::path::PathBuf,
+}
+
+/// `POST /v1/admin/backup`: an online, consistent copy of the data directory (what
+/// `chat-engine backup` asks for). 201 `{"to": ...}`; 409 if the directory exists.
+async fn post_backup(mut req: Req) -> Result<Response, Error> {
+    let body: BackupRequest = body_json(&mut req).await?;
+    req.state().backup(body.to.clone()).await?;
+    Ok(json(StatusCode::Created, &body))
 }

@@ -97,6 +97,14 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Writes a consistent copy of the whole database to `dir`, which must not exist yet: a
+    /// RocksDB checkpoint (memtables flushed, table files hard-linked when `dir` is on the
+    /// same file system, copied otherwise). The copy is a complete data directory.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     fn upgrade_schema(&self) -> Result<(), StorageError> {
         let stored = self.get::<u32>(Cf::Meta, keys::META_SCHEMA_VERSION)?;
         let mut version = match stored {
