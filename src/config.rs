@@ -64,8 +64,8 @@ pub struct AuthConfig {
 pub struct HistoryConfig {
     /// Messages a `sync` with no cursor returns when it gives no `limit`.
     pub default_last: usize,
-    /// Days history is kept; 0 keeps it forever.
-    pub retention_days: u64,
+    /// Days history is kept; 0 keeps it forever. Fractions are allowed (0.5 is 12 hours).
+    pub retention_days: f64,
     /// Committed messages kept in memory per room, so the common `sync` never reads disk.
     pub cache_per_room: usize,
 }
@@ -147,7 +147,7 @@ impl Default for HistoryConfig {
     fn default() -> Self {
         Self {
             default_last: 50,
-            retention_days: 0,
+            retention_days: 0.0,
             cache_per_room: 200,
         }
     }
@@ -261,6 +261,12 @@ impl Config {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
             }
+        }
+        let days = self.history.retention_days;
+        if !(days.is_finite() && days >= 0.0) {
+            return invalid(format!(
+                "history.retention_days must be 0 (keep forever) or a positive number of days, not {days}"
+            ));
         }
         if limits.idle_timeout_ms <= limits.ping_interval_ms {
             return invalid(

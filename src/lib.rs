@@ -46,8 +46,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let engine = engine::Engine::open(config)?;
+    // The background duties never end; they only run while the server does.
+    let background = smol::future::zip(
+        service::feed_watchdog(engine.clone()),
+        engine.enforce_retention(),
+    );
     let served = smol::future::or(http::serve(listener, engine.clone()), async {
-        service::feed_watchdog(engine.clone()).await;
+        background.await;
         Ok(())
     });
     service::ready();

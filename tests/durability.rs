@@ -707,3 +707,67 @@ fn backup_online_under_load_and_offline_restore_to_working_data_dirs() {
     let restored = Process::start(&offline, &config);
     check_after_restart(&restored, &acks);
 }
+
+/// The seqs `GET /v1/rooms/r1/messages` returns, oldest first.
+fn stored_seqs(p: &Process) -> Vec<u64> {
+    let (status, body) = p.rest("GET", "/v1/rooms/r1/messages?since_seq=0&limit=500", None);
+    assert_eq!(status, 200, "{body}");
+    seqs(body["messages"].as_array().unwrap())
+}
+
+/// Polls until `stored_seqs` is `want`, for at most `within`.
+fn wait_for_seqs(p: &Process, want: &[u64], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = stored_seqs(p);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stored {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `history.retention_days` (here 4 s) deletes each message once it is older, and a room
+/// whose every message expired goes on from the same seq after a restart.
+#[test]
+fn retention_deletes_old_messages_and_the_seq_goes_on() {
+    const RETENTION: Duration = Duration::from_secs(4);
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml(&format!(
+        "[history]\nretention_days = {}\n",
+        RETENTION.as_secs_f64() / 86_400.0
+    ));
+    let mut p = Process::start(data.path(), &config);
+    p.create_room("r1", "d1");
+    for i in 1..=3 {
+        p.post_message("r1", json!({"text": format!("old {i}")}));
+    }
+    std::thread::sleep(RETENTION / 2);
+    for i in 1..=2 {
+        p.post_message("r1", json!({"text": format!("new {i}")}));
+    }
+    assert_eq!(stored_seqs(&p), [1, 2, 3, 4, 5]);
+    // The old ones go once they are older than 4 s; the new ones stay 2 s longer.
+    wait_for_seqs(&p, &[4, 5], RETENTION);
+    let mut d1 = p.ws("d1");
+    let page = d1.sync(json!({"room_id": "r1", "since_seq": 0}));
+    assert_eq!(seqs_of(&page), [4, 5], "sync agrees: {page}");
+    assert_eq!(page["has_more"], false);
+    wait_for_seqs(&p, &[], RETENTION);
+    assert_eq!(
+        p.metric("chat_engine_retention_deleted_messages_total"),
+        5.0
+    );
+    drop(d1);
+
+    terminate_cleanly(&mut p);
+    drop(p);
+    let p = Process::start(data.path(), &config);
+    assert_eq!(stored_seqs(&p), Vec::<u64>::new());
+    let next = p.post_message("r1", json!({"text": "after everything expired"}));
+    assert_eq!(next["seq"], 6, "seq goes on: {next}");
+    let mut d1 = p.ws("d1");
+    let rooms = d1.rooms();
+    assert_eq!(find_room(&rooms, "r1").unwrap()["unread"], 1, "{rooms:?}");
+}

@@ -170,7 +170,7 @@ impl Engine {
                 let Some(record) = s.room(&id)? else {
                     return Ok(None);
                 };
-                let last_seq = s.last_message(record.number)?.map_or(0, |(seq, _)| seq);
+                let last_seq = s.last_stamp(record.number)?.map_or(0, |last| last.seq);
                 let first_seq = s.first_seq(record.number)?.unwrap_or(last_seq + 1);
                 Ok(Some(Span {
                     number: record.number,

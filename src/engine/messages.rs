@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::protocol::{
     encode, now_ms, Message, MessageKind, NewMessage, RoomId, RoomView, ServerFrame, UserId,
 };
-use crate::storage::{keys, Cf, DedupRecord, KeyWrite, MessageRecord};
+use crate::storage::{keys, Cf, KeyWrite, MessageRecord, StampRecord};
 
 /// What a send produced.
 pub struct Sent {
@@ -74,7 +74,7 @@ impl Engine {
                         &record_of(&message),
                     )];
                     if let Some(key) = &dedup_key {
-                        let dedup = DedupRecord {
+                        let dedup = StampRecord {
                             seq: stamp.seq,
                             ts: stamp.ts,
                         };

@@ -11,6 +11,7 @@ pub mod connections;
 mod history;
 pub mod membership;
 mod messages;
+mod retention;
 mod room;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -96,11 +97,12 @@ impl Engine {
         for (id, record) in storage.open_rooms()? {
             let room_id: RoomId = parse_stored_id(&id)?;
             let members = load_members(&storage, &room_id)?;
-            let last = storage.last_message(record.number)?;
-            let committed = last.as_ref().map_or(Stamp::default(), |(seq, m)| Stamp {
-                seq: *seq,
-                ts: m.ts,
-            });
+            let committed = storage
+                .last_stamp(record.number)?
+                .map_or(Stamp::default(), |last| Stamp {
+                    seq: last.seq,
+                    ts: last.ts,
+                });
             let first_seq = storage
                 .first_seq(record.number)?
                 .unwrap_or(committed.seq + 1);

@@ -192,6 +192,14 @@ impl RoomState {
         }
     }
 
+    /// Forgets the messages before `first_kept`, which retention deleted.
+    pub fn purge_before(&mut self, first_kept: u64) {
+        self.first_seq = self.first_seq.max(first_kept);
+        while self.recent.front().is_some_and(|m| m.seq < first_kept) {
+            self.recent.pop_front();
+        }
+    }
+
     /// Forgets everything assigned but not committed (after a failed write).
     pub fn roll_back_uncommitted(&mut self) {
         let committed = self.committed.seq;

@@ -39,9 +39,10 @@ pub struct MessageRecord {
     pub client_msg_id: Option<String>,
 }
 
-/// What a repeated `client_msg_id` answers with.
+/// A message's seq and ts: what a repeated `client_msg_id` answers with (`dedup`), and the
+/// newest message retention deleted (`meta`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupRecord {
+pub struct StampRecord {
     pub seq: u64,
     pub ts: u64,
 }

@@ -17,12 +17,14 @@ pub enum Cf {
     UserRooms,
     /// room number (u64 BE) seq (u64 BE) -> `MessageRecord`.
     Messages,
-    /// room number (u64 BE) sender 0xFF client_msg_id -> `DedupRecord` (seq, ts). System
+    /// room number (u64 BE) sender 0xFF client_msg_id -> `StampRecord` (seq, ts). System
     /// messages have an empty sender, which no user id can be.
     Dedup,
     /// user id 0xFF room id -> last read seq (u64).
     Reads,
-    /// `META_*` keys: schema version, room-number counter.
+    /// `META_*` keys: schema version (u32), room-number counter (u64); and
+    /// `purged` 0xFF room number (u64 BE) -> `StampRecord`, the newest message retention
+    /// deleted, so a room whose every message expired still knows its last seq and ts.
     Meta,
 }
 
@@ -57,6 +59,14 @@ pub const SEP: u8 = 0xFF;
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 /// `meta`: the number the next new room gets (u64).
 pub const META_NEXT_ROOM_NUMBER: &[u8] = b"next_room_number";
+
+/// `meta` key of a room's [`crate::storage::StampRecord`] of purged history.
+pub fn purged(room_number: u64) -> Vec<u8> {
+    let mut key = b"purged".to_vec();
+    key.push(SEP);
+    key.extend_from_slice(&room_number.to_be_bytes());
+    key
+}
 
 /// `rooms` key.
 pub fn room(room_id: &str) -> Vec<u8> {
@@ -184,5 +194,14 @@ mod tests {
         // "u" + "x:c" and "ux" + ":c" must not collide.
         assert_ne!(dedup(1, Some("u"), "x:c"), dedup(1, Some("ux"), ":c"));
         assert!(dedup(1, Some("zz"), "c") < dedup(2, None, "c"));
+    }
+
+    #[test]
+    fn purged_keys_are_one_per_room_and_apart_from_other_meta_keys() {
+        assert_ne!(purged(1), purged(256));
+        assert!(purged(1) < purged(256), "numbers are big-endian");
+        for other in [META_SCHEMA_VERSION, META_NEXT_ROOM_NUMBER] {
+            assert!(!purged(0).starts_with(other) && !other.starts_with(&purged(0)));
+        }
     }
 }

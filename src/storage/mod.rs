@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
-pub use codec::{DedupRecord, MemberRecord, MessageRecord, RoomRecord};
+pub use codec::{MemberRecord, MessageRecord, RoomRecord, StampRecord};
 pub use keys::Cf;
 pub use writer::{KeyWrite, WriteOp, Writer};
 
@@ -59,6 +59,14 @@ impl From<StorageError> for Error {
             _ => Error::Internal(e.to_string()),
         }
     }
+}
+
+/// A room's messages older than the retention cutoff: seqs `first_seq..=newest.seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub count: u64,
+    pub first_seq: u64,
+    pub newest: StampRecord,
 }
 
 /// Where a message range starts and which way it runs.
@@ -169,6 +177,9 @@ impl Storage {
             match write {
                 KeyWrite::Put(cf, key, value) => batch.put_cf(self.cf(*cf), key, value),
                 KeyWrite::Delete(cf, key) => batch.delete_cf(self.cf(*cf), key),
+                KeyWrite::DeleteRange(cf, from, to) => {
+                    batch.delete_range_cf(self.cf(*cf), from, to)
+                }
             }
         }
         let mut options = rocksdb::WriteOptions::default();
@@ -218,15 +229,20 @@ impl Storage {
 
     /// Every room that is not closed.
     pub fn open_rooms(&self) -> Result<Vec<(String, RoomRecord)>, StorageError> {
+        let mut rooms = self.all_rooms()?;
+        rooms.retain(|(_, record)| record.closed_ts.is_none());
+        Ok(rooms)
+    }
+
+    /// Every room record, closed rooms' tombstones included.
+    pub fn all_rooms(&self) -> Result<Vec<(String, RoomRecord)>, StorageError> {
         let mut rooms = Vec::new();
         for (key, record) in self.scan::<RoomRecord>(Cf::Rooms, b"")? {
-            if record.closed_ts.is_none() {
-                let id = String::from_utf8(key).map_err(|_| StorageError::Corrupt {
-                    cf: Cf::Rooms.name(),
-                    reason: "room id is not UTF-8".into(),
-                })?;
-                rooms.push((id, record));
-            }
+            let id = String::from_utf8(key).map_err(|_| StorageError::Corrupt {
+                cf: Cf::Rooms.name(),
+                reason: "room id is not UTF-8".into(),
+            })?;
+            rooms.push((id, record));
         }
         Ok(rooms)
     }
@@ -254,7 +270,7 @@ impl Storage {
         room_number: u64,
         sender: Option<&str>,
         client_msg_id: &str,
-    ) -> Result<Option<DedupRecord>, StorageError> {
+    ) -> Result<Option<StampRecord>, StorageError> {
         self.get(Cf::Dedup, &keys::dedup(room_number, sender, client_msg_id))
     }
 
@@ -310,6 +326,56 @@ impl Storage {
         Ok(self
             .messages(room_number, SeqRange::Before(u64::MAX), 1)?
             .pop())
+    }
+
+    /// The seq and ts of a room's newest message, stored or deleted by retention.
+    pub fn last_stamp(&self, room_number: u64) -> Result<Option<StampRecord>, StorageError> {
+        let stored = self
+            .last_message(room_number)?
+            .map(|(seq, message)| StampRecord {
+                seq,
+                ts: message.ts,
+            });
+        let purged = self.get::<StampRecord>(Cf::Meta, &keys::purged(room_number))?;
+        Ok(stored.into_iter().chain(purged).max_by_key(|s| s.seq))
+    }
+
+    /// The messages of a room older than `cutoff_ts` (ts grows with seq, so they are the
+    /// oldest ones): how many there are, the seq of the first message to keep, and the
+    /// newest one's stamp. `None` when none is that old.
+    pub fn expired(
+        &self,
+        room_number: u64,
+        cutoff_ts: u64,
+    ) -> Result<Option<Expired>, StorageError> {
+        let mut expired: Option<Expired> = None;
+        let from = keys::message(room_number, 0);
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Messages));
+        iter.seek(from);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let Some((room, seq)) = keys::split_message(key) else {
+                break;
+            };
+            if room != room_number {
+                break;
+            }
+            let message: MessageRecord = codec::decode(Cf::Messages.name(), value)?;
+            if message.ts >= cutoff_ts {
+                break;
+            }
+            let first_seq = expired.as_ref().map_or(seq, |e| e.first_seq);
+            expired = Some(Expired {
+                count: expired.as_ref().map_or(0, |e| e.count) + 1,
+                first_seq,
+                newest: StampRecord {
+                    seq,
+                    ts: message.ts,
+                },
+            });
+            iter.next();
+        }
+        iter.status()?;
+        Ok(expired)
     }
 
     /// The oldest seq still stored for a room.

@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 pub enum KeyWrite {
     Put(Cf, Vec<u8>, Vec<u8>),
     Delete(Cf, Vec<u8>),
+    /// Every key in `[from, to)`.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
 }
 
 impl KeyWrite {

@@ -1,0 +1,92 @@
+//! `history.retention_days`: a periodic sweep that deletes every message older than the
+//! retention period, in open and closed rooms alike, through the group-commit writer.
+//!
+//! Each room's newest deleted seq and ts are kept in `meta` (`purged`), so a room whose every
+//! message expired goes on from the same seq, even after a restart.
+
+use std::time::Duration;
+
+use super::Engine;
+use crate::protocol::{now_ms, RoomId};
+use crate::storage::{keys, Cf, Expired, KeyWrite, WriteOp};
+
+const DAY_MS: f64 = 24.0 * 60.0 * 60.0 * 1000.0;
+
+impl Engine {
+    /// Runs the sweep every twenty-fourth of the retention period (at least every hour), or
+    /// never if retention is 0. Never returns.
+    pub async fn enforce_retention(&self) {
+        let days = self.inner.config.history.retention_days;
+        if days <= 0.0 {
+            return std::future::pending().await;
+        }
+        let period = Duration::from_secs_f64(days * DAY_MS / 1000.0);
+        let every = (period / 24).clamp(Duration::from_millis(50), Duration::from_secs(3600));
+        log::info!("deleting messages older than {days} days, checking every {every:?}");
+        loop {
+            smol::Timer::after(every).await;
+            let cutoff = now_ms().saturating_sub(period.as_millis() as u64);
+            if let Err(e) = self.delete_older_than(cutoff).await {
+                log::error!("retention sweep failed (will retry): {e}");
+            }
+        }
+    }
+
+    /// Deletes every message with ts < `cutoff_ts`.
+    async fn delete_older_than(&self, cutoff_ts: u64) -> Result<(), crate::Error> {
+        let expired = self
+            .read_storage(move |storage| {
+                let mut expired = Vec::new();
+                for (id, record) in storage.all_rooms()? {
+                    if let Some(found) = storage.expired(record.number, cutoff_ts)? {
+                        expired.push((id, record.number, found));
+                    }
+                }
+                Ok(expired)
+            })
+            .await?;
+        for (id, number, found) in expired {
+            let slot = self.inner.writer.reserve().await;
+            let (tx, rx) = async_channel::bounded(1);
+            let engine = self.clone();
+            let room_id = RoomId::parse(&id).ok();
+            self.inner.writer.submit(
+                slot,
+                WriteOp {
+                    writes: purge_writes(number, &found),
+                    built_on: None,
+                    done: Box::new(move |result| {
+                        if result.is_ok() {
+                            engine.forget_purged(room_id.as_ref(), &found);
+                        }
+                        let _ = tx.try_send(result);
+                    }),
+                },
+            );
+            rx.recv()
+                .await
+                .map_err(|_| crate::storage::StorageError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// After the commit: the room's cache and first seq no longer hold what was deleted.
+    fn forget_purged(&self, room_id: Option<&RoomId>, found: &Expired) {
+        self.inner.metrics.retention_deleted.inc_by(found.count);
+        if let Some(room) = room_id.and_then(|id| self.room(id)) {
+            room.state().purge_before(found.newest.seq + 1);
+        }
+    }
+}
+
+/// Deletes messages `first_seq..=newest.seq` and records the newest one's stamp.
+fn purge_writes(number: u64, found: &Expired) -> Vec<KeyWrite> {
+    vec![
+        KeyWrite::DeleteRange(
+            Cf::Messages,
+            keys::message(number, found.first_seq).to_vec(),
+            keys::message(number, found.newest.seq + 1).to_vec(),
+        ),
+        KeyWrite::put(Cf::Meta, &keys::purged(number), &found.newest),
+    ]
+}
