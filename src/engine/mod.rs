@@ -262,7 +262,9 @@ impl Engine {
             done: Box::new(move |result| {
                 match &result {
                     Ok(()) => {
-                        engine.inner.storage_ok.store(true, Ordering::Relaxed);
+                        if !engine.inner.storage_ok.swap(true, Ordering::Relaxed) {
+                            log::info!("storage takes writes again; ready");
+                        }
                         on_commit(&engine);
                     }
                     Err(StorageError::Superseded) => {}
