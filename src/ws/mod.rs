@@ -111,13 +111,14 @@ where
     } = *shared;
     let limits = &engine.config().limits;
     let mut bad_in_a_row = 0;
+    let mut closed_for_bad_frames = false;
     let mut sends = TokenBucket::new(limits.send_rate, 2 * limits.send_rate);
     while let Some(incoming) = stream.next().await {
         shared.heard.touch();
         engine.metrics().frames_in.inc();
-        if shared.closing.load(Ordering::Acquire)
-            && !matches!(incoming, Ok(WsMessage::Close(_)) | Err(_))
-        {
+        // Once a close is under way, frames are only drained, never acted on.
+        let closing = closed_for_bad_frames || shared.closing.load(Ordering::Acquire);
+        if closing && !matches!(incoming, Ok(WsMessage::Close(_)) | Err(_)) {
             continue;
         }
         let reply = match incoming {
@@ -162,7 +163,7 @@ where
                 connection.user
             );
             connection.close(close_code::POLICY_VIOLATION);
-            return std::future::pending().await;
+            closed_for_bad_frames = true;
         }
     }
 }

@@ -422,7 +422,12 @@ impl Client {
 
     /// Sends a text frame; returns false when the connection is gone instead of panicking.
     pub fn try_send_json(&mut self, frame: &Value) -> bool {
-        match self.ws.send(Message::text(frame.to_string())) {
+        self.try_send(Message::text(frame.to_string()))
+    }
+
+    /// Sends any frame; returns false when the connection is gone instead of panicking.
+    pub fn try_send(&mut self, message: Message) -> bool {
+        match self.ws.send(message) {
             Ok(()) => true,
             Err(e) => {
                 self.end_reason = Some(format!("send: {e}"));
