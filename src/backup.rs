@@ -119,6 +119,6 @@ fn copy_stopped(config: &Config, server: &str, to: &Path) -> Result<(), BackupEr
         data: data.clone(),
         reason,
     };
-    let storage = Storage::open(data).map_err(|e| offline(e.to_string()))?;
+    let storage = Storage::open(&config.storage).map_err(|e| offline(e.to_string()))?;
     storage.checkpoint(to).map_err(|e| offline(e.to_string()))
 }

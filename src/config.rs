@@ -48,6 +48,9 @@ pub struct StorageConfig {
     pub write_queue: usize,
     /// Most writes one group commit (one WriteBatch, one WAL sync) takes.
     pub max_batch: usize,
+    /// Memory RocksDB may use for writes not yet flushed to table files (all column families
+    /// together). The largest share of the server's memory under a write load.
+    pub write_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +84,8 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Frames waiting to be written to one connection; full closes it with 1013.
     pub outbound_queue: usize,
+    /// Bytes of the frames waiting for one connection; over it closes with 1013 as well.
+    pub outbound_queue_bytes: usize,
     /// Bad frames in a row before the connection is closed with 1008.
     pub max_bad_frames: u32,
     /// Sends per second per connection (token bucket, bursts of twice this).
@@ -130,6 +135,7 @@ impl Default for StorageConfig {
             path: PathBuf::from("./data"),
             write_queue: 16_384,
             max_batch: 1_024,
+            write_buffer_bytes: 64 << 20,
         }
     }
 }
@@ -160,6 +166,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 65_536,
             max_body_bytes: 65_536,
             outbound_queue: 1_024,
+            outbound_queue_bytes: 16 << 20,
             max_bad_frames: 100,
             send_rate: 20,
             max_connections_per_user: 16,
@@ -247,6 +254,7 @@ impl Config {
             ("limits.max_frame_bytes", limits.max_frame_bytes),
             ("limits.max_body_bytes", limits.max_body_bytes),
             ("limits.outbound_queue", limits.outbound_queue),
+            ("limits.outbound_queue_bytes", limits.outbound_queue_bytes),
             ("limits.max_bad_frames", limits.max_bad_frames as usize),
             ("limits.send_rate", limits.send_rate as usize),
             (
@@ -256,6 +264,10 @@ impl Config {
             ("history.default_last", self.history.default_last),
             ("storage.write_queue", self.storage.write_queue),
             ("storage.max_batch", self.storage.max_batch),
+            (
+                "storage.write_buffer_bytes",
+                self.storage.write_buffer_bytes,
+            ),
             ("limits.ping_interval_ms", limits.ping_interval_ms as usize),
         ] {
             if value == 0 {

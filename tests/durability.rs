@@ -897,3 +897,84 @@ fn full_disk_answers_unavailable_loses_nothing_and_recovers() {
     let p = Process::start(&data, &config);
     check_after_restart(&p, &acks);
 }
+
+/// The resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// A member who never reads sits in a busy room: 90 MB of messages go by, and the server's
+/// RSS grows by far less, because its queue is bounded (the frames are shared, the queue
+/// holds at most `limits.outbound_queue`, and a stalled socket write holds one batch). When
+/// it finally reads it gets what fitted, then 1013.
+#[test]
+fn a_member_who_never_reads_does_not_grow_the_servers_memory() {
+    const SIZE: usize = 60_000;
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml(
+        "[storage]\nwrite_buffer_bytes = 4194304\n\
+         [limits]\nmax_message_bytes = 65536\nmax_body_bytes = 70000\nsend_rate = 1000000\n",
+    );
+    let p = Process::start(data.path(), &config);
+    p.create_room("r1", "writer");
+    p.add_member("r1", "sleeper");
+    let mut sleeper = p.ws("sleeper");
+    let post = |count: usize, tag: &str| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let endpoint = (*p).clone();
+                let tag = format!("{tag}{t}");
+                std::thread::spawn(move || {
+                    for i in 0..count / 4 {
+                        let text = format!("{tag}-{i}-{}", "m".repeat(SIZE));
+                        let (status, body) = endpoint.rest(
+                            "POST",
+                            "/v1/rooms/r1/messages",
+                            Some(json!({"text": text, "client_msg_id": format!("{tag}-{i}")})),
+                        );
+                        assert_eq!(status, 201, "{body}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    // Warm up: the room's cache fills (200 messages), allocator arenas settle.
+    post(400, "warm");
+    let before = rss_kib(p.pid());
+    post(1_500, "busy");
+    let after = rss_kib(p.pid());
+    let grown_mib = after.saturating_sub(before) / 1024;
+    println!("RSS {before} KiB -> {after} KiB (+{grown_mib} MiB) over 90 MB of messages");
+    assert!(
+        grown_mib < 30,
+        "RSS grew {grown_mib} MiB while 90 MB passed a member who never reads"
+    );
+    // It is still bounded when the sleeper wakes: in order, then 1013.
+    let mut last = 0;
+    let code = loop {
+        match sleeper.read_socket(RECV_TIMEOUT) {
+            Incoming::Frame(f) if f["type"] == "message" => {
+                let seq = f["message"]["seq"].as_u64().unwrap();
+                assert_eq!(seq, last + 1, "in order, no gaps");
+                last = seq;
+            }
+            Incoming::Frame(_) => {}
+            Incoming::Closed(code) => break code,
+            Incoming::Timeout => panic!("never closed; read up to seq {last}"),
+        }
+    };
+    assert_eq!(
+        code,
+        Some(1013),
+        "closed as a slow consumer after seq {last}"
+    );
+    assert!(last < 1_900, "it did not get everything queued");
+}

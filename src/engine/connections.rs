@@ -5,7 +5,7 @@
 //! buffers without bound for a client that does not read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
@@ -44,6 +44,16 @@ pub struct Connection {
     frames: async_channel::Sender<Frame>,
     kick: async_channel::Sender<u16>,
     capacity: usize,
+    /// Bytes of the frames waiting in `frames`, and their limit.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+}
+
+/// How much one connection's outbound queue may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 /// The connection task's ends of the two queues.
@@ -55,19 +65,32 @@ pub struct ConnectionQueues {
 }
 
 impl Connection {
-    /// Queues a frame for this connection without waiting.
+    /// Queues a frame for this connection without waiting. A full queue, in frames or in
+    /// bytes, closes the connection with 1013 instead; a frame always fits an empty queue,
+    /// so one large reply never does.
     pub fn deliver(&self, frame: &Frame, priority: Priority) {
         if priority == Priority::Droppable && self.frames.len() * 2 >= self.capacity {
             return;
         }
-        if let Err(async_channel::TrySendError::Full(_)) = self.frames.try_send(frame.clone()) {
-            log::warn!(
-                "closing connection {} of {}: outbound queue full (slow consumer)",
-                self.id,
-                self.user
-            );
-            self.close(close_code::TRY_AGAIN_LATER);
+        let bytes = frame.len();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let over_bytes = before > 0 && before + bytes > self.max_queued_bytes;
+        if over_bytes || self.frames.try_send(frame.clone()).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            if !self.frames.is_closed() {
+                log::warn!(
+                    "closing connection {} of {}: outbound queue full (slow consumer)",
+                    self.id,
+                    self.user
+                );
+                self.close(close_code::TRY_AGAIN_LATER);
+            }
         }
+    }
+
+    /// Called by the connection's writer for each frame it takes from the queue.
+    pub fn dequeued(&self, frame: &Frame) {
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
     }
 
     /// Asks the connection task to close with `code`. The first code asked for wins.
@@ -96,9 +119,10 @@ impl Registry {
     pub fn register(
         &self,
         user: &UserId,
-        queue_capacity: usize,
+        queue: QueueLimits,
         max_per_user: usize,
     ) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
+        let queue_capacity = queue.frames;
         let (frames_tx, frames) = async_channel::bounded(queue_capacity);
         let (kick_tx, kick) = async_channel::bounded(1);
         let connection = Arc::new(Connection {
@@ -107,6 +131,8 @@ impl Registry {
             frames: frames_tx,
             kick: kick_tx,
             capacity: queue_capacity,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: queue.bytes,
         });
         let mut by_user = lock(&self.by_user);
         let mine = by_user.entry(user.clone()).or_default();
@@ -179,10 +205,37 @@ mod tests {
         UserId::parse(name).unwrap()
     }
 
+    fn queue(frames: usize) -> QueueLimits {
+        QueueLimits {
+            frames,
+            bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn queued_bytes_past_the_limit_close_with_1013_but_one_frame_always_fits() {
+        let registry = Registry::new(Metrics::new());
+        let limits = QueueLimits {
+            frames: 100,
+            bytes: 10,
+        };
+        let (conn, queues) = registry.register(&user("u"), limits, 16).unwrap();
+        let big = Frame::from("0123456789abcdef");
+        conn.deliver(&big, Priority::Keep);
+        assert_eq!(queues.frames.len(), 1, "an empty queue takes any frame");
+        assert!(queues.kick.try_recv().is_err());
+        conn.deliver(&Frame::from("x"), Priority::Keep);
+        assert_eq!(queues.kick.try_recv(), Ok(close_code::TRY_AGAIN_LATER));
+        let taken = queues.frames.try_recv().unwrap();
+        conn.dequeued(&taken);
+        conn.deliver(&Frame::from("small"), Priority::Keep);
+        assert_eq!(queues.frames.len(), 1, "room again once the writer took it");
+    }
+
     #[test]
     fn full_queue_closes_with_1013_and_typing_is_dropped_first() {
         let registry = Registry::new(Metrics::new());
-        let (_conn, queues) = registry.register(&user("u"), 4, 16).unwrap();
+        let (_conn, queues) = registry.register(&user("u"), queue(4), 16).unwrap();
         let frame = Frame::from("x");
         let users = [user("u")];
         registry.deliver(&users, None, &frame, Priority::Keep);
@@ -199,13 +252,16 @@ mod tests {
     #[test]
     fn connection_limit_per_user() {
         let registry = Registry::new(Metrics::new());
-        let (first, _q1) = registry.register(&user("u"), 4, 1).unwrap();
+        let (first, _q1) = registry.register(&user("u"), queue(4), 1).unwrap();
         assert_eq!(
-            registry.register(&user("u"), 4, 1).err().map(|e| e.code()),
+            registry
+                .register(&user("u"), queue(4), 1)
+                .err()
+                .map(|e| e.code()),
             Some("rate_limited")
         );
         registry.unregister(&first);
-        assert!(registry.register(&user("u"), 4, 1).is_ok());
+        assert!(registry.register(&user("u"), queue(4), 1).is_ok());
         assert_eq!(registry.count(), 1);
     }
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use connections::{close_code, Connection, ConnectionQueues, Priority};
-use connections::{lock, Registry};
+use connections::{lock, QueueLimits, Registry};
 pub use room::Stamp;
 use room::{Member, Room, RoomState};
 
@@ -89,7 +89,7 @@ impl Completion {
 impl Engine {
     /// Opens storage and loads every open room into memory.
     pub fn open(config: Config) -> Result<Engine, StorageError> {
-        let storage = Arc::new(Storage::open(&config.storage.path)?);
+        let storage = Arc::new(Storage::open(&config.storage)?);
         let next_room_number = storage.next_room_number()?;
         let cache_limit = config.history.cache_per_room;
         let mut rooms = HashMap::new();
@@ -178,11 +178,14 @@ impl Engine {
     /// Registers a WebSocket connection; pushes for the user's rooms start at once.
     pub fn connect(&self, user: &UserId) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
         let limits = &self.inner.config.limits;
-        let registered = self.inner.connections.register(
-            user,
-            limits.outbound_queue,
-            limits.max_connections_per_user,
-        );
+        let queue = QueueLimits {
+            frames: limits.outbound_queue,
+            bytes: limits.outbound_queue_bytes,
+        };
+        let registered =
+            self.inner
+                .connections
+                .register(user, queue, limits.max_connections_per_user);
         match &registered {
             Ok(_) => {
                 self.inner.metrics.connections.inc();

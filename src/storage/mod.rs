@@ -16,6 +16,7 @@ pub use codec::{MemberRecord, MessageRecord, RoomRecord, StampRecord};
 pub use keys::Cf;
 pub use writer::{KeyWrite, WriteOp, Writer};
 
+use crate::config::StorageConfig;
 use crate::error::Error;
 
 /// The schema version this build writes. Data from an older version is migrated at start-up;
@@ -86,16 +87,20 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (or creates) the data directory and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+    /// Opens (or creates) the data directory `config.path` and brings its schema up to date.
+    pub fn open(config: &StorageConfig) -> Result<Storage, StorageError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let families = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-        let db = DB::open_cf_descriptors(&options, path, families)?;
+        // One budget for every family's memtables; a family flushes early when it is spent.
+        options.set_db_write_buffer_size(config.write_buffer_bytes);
+        let families = Cf::ALL.iter().map(|cf| {
+            let mut family = Options::default();
+            family.set_write_buffer_size(config.write_buffer_bytes);
+            ColumnFamilyDescriptor::new(cf.name(), family)
+        });
+        let db = DB::open_cf_descriptors(&options, &config.path, families)?;
         let storage = Storage {
             db,
             #[cfg(test)]
@@ -420,6 +425,13 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_at(path: &std::path::Path) -> StorageConfig {
+        StorageConfig {
+            path: path.to_owned(),
+            ..StorageConfig::default()
+        }
+    }
     use crate::protocol::MessageKind;
 
     fn record(ts: u64, sender: &str) -> MessageRecord {
@@ -450,7 +462,7 @@ mod tests {
     #[test]
     fn message_ranges_stay_inside_their_room() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(&config_at(dir.path())).unwrap();
         store_messages(&storage, 1, 1..=10);
         store_messages(&storage, 2, 1..=3);
         let seqs = |range, limit| -> Vec<u64> {
@@ -472,12 +484,12 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let storage = Storage::open(dir.path()).unwrap();
+            let storage = Storage::open(&config_at(dir.path())).unwrap();
             let newer = KeyWrite::put(Cf::Meta, keys::META_SCHEMA_VERSION, &(SCHEMA_VERSION + 1));
             storage.write(&[newer], true).unwrap();
         }
         assert!(matches!(
-            Storage::open(dir.path()),
+            Storage::open(&config_at(dir.path())),
             Err(StorageError::NewerSchema { .. })
         ));
     }
@@ -485,7 +497,7 @@ mod tests {
     #[test]
     fn unknown_record_versions_are_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(&config_at(dir.path())).unwrap();
         let write = KeyWrite::Put(Cf::Rooms, b"r".to_vec(), vec![42, 0]);
         storage.write(&[write], true).unwrap();
         assert!(matches!(

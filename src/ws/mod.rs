@@ -258,7 +258,10 @@ where
             smol::future::or(
                 async {
                     match queues.frames.recv().await {
-                        Ok(frame) => Next::Frame(frame),
+                        Ok(frame) => {
+                            shared.connection.dequeued(&frame);
+                            Next::Frame(frame)
+                        }
                         Err(_) => Next::Gone,
                     }
                 },
@@ -271,8 +274,11 @@ where
         .await;
         let written = match next {
             Next::Frame(frame) => {
-                let batch =
-                    within(stall_limit, write_batch(&mut sink, frame, &queues.frames)).await;
+                let batch = within(
+                    stall_limit,
+                    write_batch(&mut sink, frame, &queues.frames, shared.connection),
+                )
+                .await;
                 batch.map(|frames| {
                     metrics.frames_out.inc_by(frames);
                 })
@@ -322,6 +328,7 @@ async fn write_batch<S>(
     sink: &mut WebSocketSender<S>,
     first: Frame,
     queued: &async_channel::Receiver<Frame>,
+    connection: &Connection,
 ) -> Result<u64, tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -332,6 +339,7 @@ where
         let Ok(frame) = queued.try_recv() else {
             break;
         };
+        connection.dequeued(&frame);
         sink.feed(WsMessage::Text(frame)).await?;
         written += 1;
     }
