@@ -978,3 +978,68 @@ fn a_member_who_never_reads_does_not_grow_the_servers_memory() {
     );
     assert!(last < 1_900, "it did not get everything queued");
 }
+
+/// Runs `serve` on `data` and asserts it refuses to start: exit 1 with a one-line reason
+/// containing `reason`.
+fn assert_refuses_data(data: &std::path::Path, reason: &str) {
+    let (status, _, err) = run_bin(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("chat-engine: ") && last.contains(reason),
+        "want a reason with {reason:?}, got: {err}"
+    );
+}
+
+/// Data written by a newer chat-engine, a record in an unknown format, and a damaged
+/// database each stop the server at start-up with a clear reason: never a silent misread.
+#[test]
+fn corrupt_or_newer_data_is_refused_at_start_up() {
+    use chat_engine::config::StorageConfig;
+    use chat_engine::storage::{keys, Cf, KeyWrite, Storage};
+    let write = |data: &std::path::Path, writes: Vec<KeyWrite>| {
+        let config = StorageConfig {
+            path: data.to_owned(),
+            ..StorageConfig::default()
+        };
+        let storage = Storage::open(&config).unwrap();
+        storage.write(&writes, true).unwrap();
+    };
+    let seeded = || {
+        let data = tempfile::tempdir().unwrap();
+        let mut p = Process::start(data.path(), &config_toml(""));
+        p.create_room("r1", "d1");
+        p.post_message("r1", json!({"text": "hello"}));
+        terminate_cleanly(&mut p);
+        data
+    };
+
+    let newer = seeded();
+    write(
+        newer.path(),
+        vec![KeyWrite::put(Cf::Meta, keys::META_SCHEMA_VERSION, &99u32)],
+    );
+    assert_refuses_data(newer.path(), "schema version 99");
+
+    let unknown = seeded();
+    let mut record = chat_engine::storage::codec::encode(&"anything");
+    record[0] = 77;
+    write(
+        unknown.path(),
+        vec![KeyWrite::Put(Cf::Messages, keys::message(1, 1).to_vec(), record)],
+    );
+    assert_refuses_data(unknown.path(), "format version 77");
+
+    let damaged = seeded();
+    std::fs::write(damaged.path().join("CURRENT"), "MANIFEST-999999\n").unwrap();
+    assert_refuses_data(damaged.path(), "rocksdb");
+}
