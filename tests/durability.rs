@@ -1035,7 +1035,11 @@ fn corrupt_or_newer_data_is_refused_at_start_up() {
     record[0] = 77;
     write(
         unknown.path(),
-        vec![KeyWrite::Put(Cf::Messages, keys::message(1, 1).to_vec(), record)],
+        vec![KeyWrite::Put(
+            Cf::Messages,
+            keys::message(1, 1).to_vec(),
+            record,
+        )],
     );
     assert_refuses_data(unknown.path(), "format version 77");
 

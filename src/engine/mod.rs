@@ -372,9 +372,14 @@ impl Engine {
         }
         let storage = self.inner.storage.clone();
         smol::unblock(move || {
+            let failed =
+                |e: String| Error::Internal(format!("backup to {} failed: {e}", dir.display()));
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| failed(e.to_string()))?;
+            }
             storage
                 .checkpoint(&dir)
-                .map_err(|e| Error::Internal(format!("backup to {} failed: {e}", dir.display())))?;
+                .map_err(|e| failed(e.to_string()))?;
             log::info!("backup written to {}", dir.display());
             Ok(())
         })
