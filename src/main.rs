@@ -65,13 +65,17 @@ fn main() {
     }
 }
 
-/// The config file (or the built-in defaults), with secrets from the environment on top.
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+/// The config file (or the built-in defaults), with secrets from the environment and the
+/// `--data` flag on top.
+fn load_config(path: Option<&PathBuf>, data: Option<PathBuf>) -> anyhow::Result<Config> {
     let mut config = match path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     config.apply_env(|name| std::env::var(name).ok());
+    if let Some(data) = data {
+        config.storage.path = data;
+    }
     Ok(config)
 }
 
@@ -82,12 +86,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             listen,
             data,
         } => {
-            let mut config = load_config(config.as_ref())?;
+            let mut config = load_config(config.as_ref(), data)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
-            }
-            if let Some(data) = data {
-                config.storage.path = data;
             }
             config.validate()?;
             serve(config)
@@ -98,10 +99,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             server,
             data,
         } => {
-            let mut config = load_config(config.as_ref())?;
-            if let Some(data) = data {
-                config.storage.path = data;
-            }
+            let config = load_config(config.as_ref(), data)?;
             match chat_engine::backup::backup(&config, server.as_deref(), &to)? {
                 Made::Online(server) => {
                     println!(
@@ -118,7 +116,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { user, ttl, config } => {
-            let config = load_config(config.as_ref())?;
+            let config = load_config(config.as_ref(), None)?;
             config.validate()?;
             let user = UserId::parse(&user)?;
             let ttl = chat_engine::auth::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;

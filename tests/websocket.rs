@@ -1010,27 +1010,9 @@ fn full_outbound_queue_closes_with_1013_and_sync_recovers() {
     server.add_member("r1", "slow");
     let mut slow = server.ws("slow");
     // Post far more than the socket buffers hold while `slow` reads nothing (REST, 8 threads).
-    let big = "z".repeat(50_000);
     let total = 1600u64;
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let ep = (*server).clone();
-            let big = big.clone();
-            std::thread::spawn(move || {
-                for i in 0..total / 8 {
-                    let (status, body) = ep.rest(
-                        "POST",
-                        "/v1/rooms/r1/messages",
-                        Some(json!({"text": big, "client_msg_id": format!("t{t}-{i}")})),
-                    );
-                    assert_eq!(status, 201, "{body}");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("poster thread");
-    }
+    let big = "z".repeat(50_000);
+    server.post_in_parallel("r1", "t", 8, total as usize / 8, move |_, _| big.clone());
     // `slow` gets some messages in order, then 1013.
     let mut got = Vec::new();
     let code = loop {

@@ -165,6 +165,39 @@ impl Endpoint {
     }
 
     /// An app token for `user`, valid for an hour.
+    /// Posts `per_thread` messages to `room` from each of `threads` threads over REST,
+    /// asserting 201 for each; `text(thread, i)` is the text, and `{tag}{thread}-{i}` the
+    /// `client_msg_id`.
+    pub fn post_in_parallel(
+        &self,
+        room: &str,
+        tag: &str,
+        threads: usize,
+        per_thread: usize,
+        text: impl Fn(usize, usize) -> String + Send + Sync + 'static,
+    ) {
+        let text = Arc::new(text);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (endpoint, text) = (self.clone(), text.clone());
+                let path = format!("/v1/rooms/{room}/messages");
+                let tag = format!("{tag}{t}");
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        let id = format!("{tag}-{i}");
+                        let body = json!({"text": text(t, i), "client_msg_id": id});
+                        let (status, reply) = endpoint.rest("POST", &path, Some(body));
+                        let reply: String = reply.to_string().chars().take(300).collect();
+                        assert_eq!(status, 201, "{id}: {reply}");
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("poster thread");
+        }
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> String {
         let (status, text) = self.rest_text("GET", "/metrics", None, None);
