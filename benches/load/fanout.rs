@@ -1,0 +1,269 @@
+//! Fan-out: rooms of members, each member a real WebSocket connection, one sender per room.
+//! Every message carries its number in the room and its send time; every receiver checks
+//! order, loss and duplicates and records the send-to-delivery latency.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use smol::net::TcpStream;
+
+use crate::target::{Kind, Target};
+
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub rooms: usize,
+    pub members: usize,
+}
+
+#[derive(Clone, Copy)]
+pub enum Load {
+    /// Messages per second offered across all rooms.
+    Rate(u64),
+    /// As fast as it goes, with at most this many messages of a room in flight (sent but
+    /// not yet back at their sender).
+    Saturation { window: usize },
+}
+
+pub struct Outcome {
+    pub sent_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub latency_us: Histogram<u64>,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// `error` replies, and the first one.
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// What every receiver adds to.
+struct Tally {
+    measuring: Cell<bool>,
+    deliveries: Cell<u64>,
+    latency_us: RefCell<Histogram<u64>>,
+    duplicated: Cell<u64>,
+    gaps: Cell<u64>,
+    errors: Cell<u64>,
+    first_error: RefCell<Option<String>>,
+}
+
+type Socket = WebSocketStream<TcpStream>;
+
+pub async fn connect(url: &str, addr: std::net::SocketAddr) -> Socket {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (socket, _) = async_tungstenite::client_async(url, stream)
+        .await
+        .expect("WebSocket handshake");
+    socket
+}
+
+/// The message number and send time in a frame carrying `"text":"<n>|<micros>"`.
+fn stamp_of(frame: &str) -> Option<(u64, u64)> {
+    let start = frame.find("\"text\":\"")? + 8;
+    let rest = &frame[start..];
+    let text = &rest[..rest.find('"')?];
+    let (number, micros) = text.split_once('|')?;
+    Some((number.parse().ok()?, micros.parse().ok()?))
+}
+
+fn send_frame(kind: Kind, room: &str, number: u64, micros: u64) -> String {
+    match kind {
+        Kind::ChatEngine => {
+            format!(r#"{{"type":"send","room_id":"{room}","text":"{number}|{micros}"}}"#)
+        }
+        // The baseline forwards frames verbatim; the same shape keeps the bytes comparable.
+        Kind::Baseline => {
+            format!(r#"{{"type":"message","room_id":"{room}","text":"{number}|{micros}"}}"#)
+        }
+    }
+}
+
+static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn run(target: &Target, shape: Shape, load: Load, measure: Duration) -> Outcome {
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rooms: Vec<(String, Vec<String>)> = (0..shape.rooms)
+        .map(|r| {
+            let room = format!("f{run}-r{r}");
+            let members = (0..shape.members).map(|m| format!("{room}-m{m}")).collect();
+            (room, members)
+        })
+        .collect();
+    let agent = ureq::Agent::new_with_defaults();
+    for (room, members) in &rooms {
+        target.create_room(&agent, room, members);
+    }
+    let executor = smol::LocalExecutor::new();
+    smol::block_on(executor.run(drive(&executor, target, rooms, load, measure)))
+}
+
+async fn drive(
+    executor: &smol::LocalExecutor<'_>,
+    target: &Target,
+    rooms: Vec<(String, Vec<String>)>,
+    load: Load,
+    measure: Duration,
+) -> Outcome {
+    let origin = Instant::now();
+    let micros = move || origin.elapsed().as_micros() as u64;
+    let tally = Rc::new(Tally {
+        measuring: Cell::new(false),
+        deliveries: Cell::new(0),
+        latency_us: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")),
+        duplicated: Cell::new(0),
+        gaps: Cell::new(0),
+        errors: Cell::new(0),
+        first_error: RefCell::new(None),
+    });
+    let stop = Rc::new(Cell::new(false));
+    // Senders start once every member is connected, so nobody misses the first messages:
+    // `recv` on this channel returns when its sender is dropped.
+    let (go_tx, go) = async_channel::bounded::<()>(1);
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    let mut sinks = Vec::new();
+    let mut room_sent = Vec::new();
+    for (room, members) in &rooms {
+        // Tokens: one per message the sender may still have in flight.
+        let window = match load {
+            Load::Saturation { window } => window,
+            Load::Rate(_) => 1,
+        };
+        let (token_tx, token_rx) = async_channel::bounded::<()>(window);
+        for _ in 0..window {
+            let _ = token_tx.try_send(());
+        }
+        let sent = Rc::new(Cell::new(0u64));
+        room_sent.push(sent.clone());
+        for (m, member) in members.iter().enumerate() {
+            let socket = connect(&target.ws_url(member, room), target.addr).await;
+            let (sink, mut stream) = socket.split();
+            let tally = tally.clone();
+            let is_sender = m == 0;
+            let tokens = token_tx.clone();
+            let expected = Rc::new(Cell::new(0u64));
+            let expected_out = expected.clone();
+            receivers.push((
+                executor.spawn(async move {
+                    while let Some(Ok(message)) = stream.next().await {
+                        let Message::Text(frame) = message else {
+                            continue;
+                        };
+                        let Some((number, sent_at)) = stamp_of(frame.as_str()) else {
+                            continue;
+                        };
+                        let next = expected.get();
+                        if number < next {
+                            tally.duplicated.set(tally.duplicated.get() + 1);
+                            continue;
+                        }
+                        tally.gaps.set(tally.gaps.get() + (number - next));
+                        expected.set(number + 1);
+                        if tally.measuring.get() {
+                            tally.deliveries.set(tally.deliveries.get() + 1);
+                            let latency = micros().saturating_sub(sent_at).max(1);
+                            let _ = tally.latency_us.borrow_mut().record(latency);
+                        }
+                        if is_sender {
+                            let _ = tokens.try_send(());
+                        }
+                    }
+                }),
+                expected_out,
+                sent.clone(),
+            ));
+            if is_sender {
+                let go = go.clone();
+                let (kind, room, stop, sent, tokens) = (
+                    target.kind,
+                    room.clone(),
+                    stop.clone(),
+                    sent.clone(),
+                    token_rx.clone(),
+                );
+                let rooms_count = rooms.len() as f64;
+                senders.push(executor.spawn(async move {
+                    let _ = go.recv().await;
+                    let mut sink = sink;
+                    let mut credit = 0.0;
+                    let tick = Duration::from_millis(5);
+                    while !stop.get() {
+                        match load {
+                            Load::Rate(per_second) => {
+                                smol::Timer::after(tick).await;
+                                credit += per_second as f64 / rooms_count * tick.as_secs_f64();
+                                while credit >= 1.0 {
+                                    credit -= 1.0;
+                                    let frame = send_frame(kind, &room, sent.get(), micros());
+                                    if sink.feed(Message::text(frame)).await.is_err() {
+                                        return;
+                                    }
+                                    sent.set(sent.get() + 1);
+                                }
+                                if sink.flush().await.is_err() {
+                                    return;
+                                }
+                            }
+                            Load::Saturation { .. } => {
+                                if tokens.recv().await.is_err() {
+                                    return;
+                                }
+                                let frame = send_frame(kind, &room, sent.get(), micros());
+                                if sink.send(Message::text(frame)).await.is_err() {
+                                    return;
+                                }
+                                sent.set(sent.get() + 1);
+                            }
+                        }
+                    }
+                }));
+            } else {
+                sinks.push(sink);
+            }
+        }
+    }
+    drop(go_tx);
+    let total_sent = || room_sent.iter().map(|sent| sent.get()).sum::<u64>();
+    smol::Timer::after(Duration::from_secs(1)).await;
+    tally.measuring.set(true);
+    let (sent_before, started) = (total_sent(), Instant::now());
+    smol::Timer::after(measure).await;
+    tally.measuring.set(false);
+    let elapsed = started.elapsed().as_secs_f64();
+    let deliveries = tally.deliveries.get();
+    let sent_in_window = total_sent() - sent_before;
+    stop.set(true);
+    // Drain: wait until every receiver has everything its room sent, or 5 s.
+    let drained_by = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < drained_by
+        && receivers
+            .iter()
+            .any(|(_, expected, sent)| expected.get() < sent.get())
+    {
+        smol::Timer::after(Duration::from_millis(20)).await;
+    }
+    let lost = tally.gaps.get()
+        + receivers
+            .iter()
+            .map(|(_, expected, sent)| sent.get().saturating_sub(expected.get()))
+            .sum::<u64>();
+    drop(senders);
+    drop(receivers);
+    drop(sinks);
+    let latency_us = tally.latency_us.borrow().clone();
+    let first_error = tally.first_error.borrow().clone();
+    Outcome {
+        sent_per_s: sent_in_window as f64 / elapsed,
+        deliveries_per_s: deliveries as f64 / elapsed,
+        latency_us,
+        lost,
+        duplicated: tally.duplicated.get(),
+        errors: tally.errors.get(),
+        first_error,
+    }
+}

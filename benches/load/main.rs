@@ -1,0 +1,144 @@
+//! Load benchmark: a real chat-engine (release binary, durable storage) on loopback, driven by
+//! real WebSocket clients speaking PROTOCOL.md, beside a bare broadcast baseline measured in
+//! the same run. Prints one results table.
+//!
+//! `cargo bench --bench load`; `LOAD_SECONDS` sets each measurement's length (default 5).
+//! The servers run on CPU 0 and the load generator on CPU 1 where taskset exists.
+
+mod baseline;
+mod fanout;
+mod idle;
+mod target;
+
+use std::time::Duration;
+
+use fanout::{Load, Outcome, Shape};
+use target::Target;
+
+struct Row {
+    scenario: String,
+    outcome: Outcome,
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--baseline-server") {
+        baseline::serve();
+        return;
+    }
+    target::pin_load_generator();
+    let seconds: u64 = std::env::var("LOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let measure = Duration::from_secs(seconds);
+    println!(
+        "load benchmark: {seconds} s per measurement; {}",
+        if target::can_pin() {
+            "server pinned to CPU 0, load generator to CPU 1 (taskset)"
+        } else {
+            "not pinned (no taskset or one CPU)"
+        }
+    );
+    let wide = Shape {
+        rooms: 100,
+        members: 10,
+    };
+    let tall = Shape {
+        rooms: 10,
+        members: 100,
+    };
+    let saturate = Load::Saturation { window: 32 };
+    let mut rows = Vec::new();
+
+    const IDLE: usize = 5_000;
+    let baseline = Target::baseline();
+    let bare = fanout::run(&baseline, wide, saturate, measure);
+    drop(baseline);
+    let bare_idle = idle::rss_per_connection(&Target::baseline(), IDLE);
+    let bare_rate = bare.deliveries_per_s;
+    rows.push(Row {
+        scenario: "baseline: 100 rooms x 10, saturation".into(),
+        outcome: bare,
+    });
+
+    let engine = Target::chat_engine();
+    for (name, shape, load) in [
+        (
+            "1: 100 rooms x 10, 2k msg/s offered",
+            wide,
+            Load::Rate(2_000),
+        ),
+        (
+            "1: 100 rooms x 10, 10k msg/s offered",
+            wide,
+            Load::Rate(10_000),
+        ),
+        ("1: 100 rooms x 10, saturation", wide, saturate),
+        (
+            "2: 10 rooms x 100, 1k msg/s offered",
+            tall,
+            Load::Rate(1_000),
+        ),
+        ("2: 10 rooms x 100, saturation", tall, saturate),
+        (
+            "5: 100 rooms x 1 (durable writes), saturation",
+            Shape {
+                rooms: 100,
+                members: 1,
+            },
+            saturate,
+        ),
+    ] {
+        let outcome = fanout::run(&engine, shape, load, measure);
+        rows.push(Row {
+            scenario: name.into(),
+            outcome,
+        });
+    }
+    let slow_closes = engine.metric(
+        &ureq::Agent::new_with_defaults(),
+        "chat_engine_ws_closes_total{code=\"1013\"}",
+    );
+    drop(engine);
+    let engine_idle = idle::rss_per_connection(&Target::chat_engine(), IDLE);
+    print_table(&rows, bare_rate);
+    println!();
+    println!("slow-consumer closes (1013) during the chat-engine runs: {slow_closes}");
+    println!(
+        "3: RSS per idle connection ({IDLE} connections): chat-engine {engine_idle:.1} KiB, \
+         baseline {bare_idle:.1} KiB"
+    );
+}
+
+fn print_table(rows: &[Row], bare_rate: f64) {
+    println!();
+    println!(
+        "| scenario | msgs/s sent | deliveries/s | x baseline | p50 ms | p90 ms | p99 ms | max ms | lost | dup |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let o = &row.outcome;
+        let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            row.scenario,
+            o.sent_per_s,
+            o.deliveries_per_s,
+            o.deliveries_per_s / bare_rate,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            o.latency_us.max() as f64 / 1000.0,
+            o.lost,
+            o.duplicated
+        );
+    }
+    for row in rows {
+        if let Some(error) = &row.outcome.first_error {
+            println!(
+                "{}: {} errors, first: {error}",
+                row.scenario, row.outcome.errors
+            );
+        }
+    }
+}

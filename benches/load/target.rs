@@ -1,0 +1,231 @@
+//! The servers under test, each in its own process pinned to CPU 0 (where taskset exists):
+//! chat-engine's release binary with durable storage in a temporary directory, or the
+//! baseline (this benchmark binary run with `--baseline-server`).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const JWT_SECRET: &str = "load-benchmark-secret";
+pub const API_KEY: &str = "load-benchmark-key";
+
+/// Whether processes can be pinned: taskset exists and there are at least two CPUs.
+pub fn can_pin() -> bool {
+    // All online CPUs, not the ones this (possibly already pinned) process may use.
+    let cpus = Command::new("nproc")
+        .arg("--all")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    cpus >= 2
+        && Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Runs this benchmark again on CPU 1 (the load generator's CPU) unless it already is, and
+/// exits with its status. Returns only in the pinned process, or where pinning is impossible.
+pub fn pin_load_generator() {
+    if std::env::var_os("LOAD_PINNED").is_some() || !can_pin() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let status = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env("LOAD_PINNED", "1")
+        .status()
+        .expect("re-run under taskset");
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ChatEngine,
+    Baseline,
+}
+
+pub struct Target {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    pub fn chat_engine() -> Target {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("chat-engine.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\n\
+                 [limits]\nsend_rate = 1000000\nmax_connections_per_user = 64\n"
+            ),
+        )
+        .expect("write config");
+        let data = dir.path().join("data");
+        Self::start_chat_engine(dir, data, config)
+    }
+
+    fn start_chat_engine(
+        dir: tempfile::TempDir,
+        data: std::path::PathBuf,
+        config: std::path::PathBuf,
+    ) -> Target {
+        let mut command = pinned(env!("CARGO_BIN_EXE_chat-engine"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .env("RUST_LOG", "warn,chat_engine=info");
+        let (child, addr) = spawn(command);
+        Target {
+            kind: Kind::ChatEngine,
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn baseline() -> Target {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = pinned(&std::env::current_exe().expect("own path").to_string_lossy());
+        command.arg("--baseline-server");
+        let (child, addr) = spawn(command);
+        Target {
+            kind: Kind::Baseline,
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident set size, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The WebSocket URL for `user` in `room`.
+    pub fn ws_url(&self, user: &str, room: &str) -> String {
+        match self.kind {
+            Kind::ChatEngine => {
+                let user = chat_engine::protocol::UserId::parse(user).expect("user id");
+                let token =
+                    chat_engine::auth::issue_token(JWT_SECRET, &user, Duration::from_secs(3600))
+                        .expect("token");
+                format!("ws://{}/v1/ws?token={token}", self.addr)
+            }
+            Kind::Baseline => format!("ws://{}/room/{room}", self.addr),
+        }
+    }
+
+    /// Creates `room` owned by its first member and adds the others (chat-engine only).
+    pub fn create_room(&self, agent: &ureq::Agent, room: &str, members: &[String]) {
+        if self.kind == Kind::Baseline {
+            return;
+        }
+        let put = |path: String, body: String| {
+            let response = agent
+                .put(format!("http://{}{path}", self.addr))
+                .header("Authorization", format!("Bearer {API_KEY}"))
+                .header("Content-Type", "application/json")
+                .send(body)
+                .expect("REST call");
+            assert!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
+        };
+        put(
+            format!("/v1/rooms/{room}"),
+            format!(r#"{{"owner_id":"{}"}}"#, members[0]),
+        );
+        for member in &members[1..] {
+            put(format!("/v1/rooms/{room}/members/{member}"), String::new());
+        }
+    }
+
+    /// One `/metrics` series (chat-engine only), or 0.
+    pub fn metric(&self, agent: &ureq::Agent, series: &str) -> f64 {
+        let Ok(mut response) = agent.get(format!("http://{}/metrics", self.addr)).call() else {
+            return 0.0;
+        };
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command for `program`, pinned to CPU 0 where possible.
+fn pinned(program: &str) -> Command {
+    if can_pin() {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Starts the server and waits for its `listening on ADDR` line.
+fn spawn(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr: SocketAddr = rest.trim().parse().expect("address");
+                    let _ = tx.send(addr);
+                    sent = true;
+                    continue;
+                }
+            }
+            if line.contains("ERROR") || line.contains("WARN") && !line.contains("DEVELOPMENT") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server did not start within 60 s");
+    (child, addr)
+}
