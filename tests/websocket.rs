@@ -1049,3 +1049,36 @@ fn full_outbound_queue_closes_with_1013_and_sync_recovers() {
     let rest = again.sync_all_since_seq("r1", from, 100);
     assert_eq!(seqs(&rest), (from + 1..=total).collect::<Vec<_>>());
 }
+
+/// Sends pipelined without waiting for `sent`: the replies come back in request order with
+/// increasing seqs, a ping in between is answered in its place, and nothing is lost.
+#[test]
+fn pipelined_sends_are_answered_in_order() {
+    let server = TestServer::start_with(|c| c.limits.send_rate = 100_000);
+    server.create_room("r1", "u1");
+    let mut c = server.ws("u1");
+    const SENDS: u64 = 300;
+    for i in 0..SENDS {
+        c.send_json(&json!({"type": "send", "id": i, "room_id": "r1", "text": format!("m{i}")}));
+        if i == SENDS / 2 {
+            c.send_json(&json!({"type": "ping", "id": "in-between"}));
+        }
+    }
+    let mut replies = Vec::new();
+    while replies.len() < SENDS as usize + 1 {
+        let frame = c.recv_json();
+        if frame["type"] != "message" {
+            replies.push(frame);
+        }
+    }
+    let ids: Vec<Value> = replies.iter().map(|r| r["id"].clone()).collect();
+    let mut want: Vec<Value> = (0..SENDS).map(|i| json!(i)).collect();
+    want.insert(SENDS as usize / 2 + 1, json!("in-between"));
+    assert_eq!(ids, want, "replies in request order");
+    let sent: Vec<u64> = replies
+        .iter()
+        .filter(|r| r["type"] == "sent")
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sent, (1..=SENDS).collect::<Vec<_>>());
+}

@@ -191,12 +191,16 @@ async fn drive(
                     let _ = go.recv().await;
                     let mut sink = sink;
                     let mut credit = 0.0;
-                    let tick = Duration::from_millis(5);
+                    let mut last = Instant::now();
                     while !stop.get() {
                         match load {
                             Load::Rate(per_second) => {
-                                smol::Timer::after(tick).await;
-                                credit += per_second as f64 / rooms_count * tick.as_secs_f64();
+                                // Timers oversleep; the credit follows the clock instead.
+                                smol::Timer::after(Duration::from_millis(5)).await;
+                                let now = Instant::now();
+                                credit += per_second as f64 / rooms_count
+                                    * now.duration_since(last).as_secs_f64();
+                                last = now;
                                 while credit >= 1.0 {
                                     credit -= 1.0;
                                     let frame = send_frame(kind, &room, sent.get(), micros());

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::room::{DedupKey, Room, Stamp};
-use super::{Engine, Priority};
+use super::{Completion, Engine, Priority};
 use crate::error::Error;
 use crate::protocol::{
     encode, now_ms, Message, MessageKind, NewMessage, RoomId, RoomView, ServerFrame, UserId,
@@ -18,6 +18,23 @@ pub struct Sent {
     pub created: bool,
 }
 
+/// A send with its seq assigned and its write queued, not yet durable.
+pub struct Accepted {
+    sent: Sent,
+    /// The commit to wait for; none when the answer came from disk (already durable).
+    completion: Option<Completion>,
+}
+
+impl Accepted {
+    /// Waits until the message is durable (and so visible and pushed).
+    pub async fn durable(self) -> Result<Sent, Error> {
+        if let Some(completion) = self.completion {
+            completion.wait().await?;
+        }
+        Ok(self.sent)
+    }
+}
+
 impl Engine {
     /// Stores and pushes a message from `sender` (`None`: a system message from RouteAPI,
     /// which needs no membership). Returns once it is durable.
@@ -27,6 +44,21 @@ impl Engine {
         sender: Option<&UserId>,
         message: NewMessage,
     ) -> Result<Sent, Error> {
+        self.accept_send(room_id, sender, message)
+            .await?
+            .durable()
+            .await
+    }
+
+    /// The first half of [`Engine::send`]: assigns the seq and queues the write, without
+    /// waiting for the disk, so one connection can have many sends in flight. Sends accepted
+    /// one after another from one caller get increasing seqs.
+    pub async fn accept_send(
+        &self,
+        room_id: &RoomId,
+        sender: Option<&UserId>,
+        message: NewMessage,
+    ) -> Result<Accepted, Error> {
         message.validate(self.inner.config.limits.max_message_bytes)?;
         let room = self.open_room(room_id)?;
         let (text, data, client_msg_id) = message.into_parts();
@@ -99,30 +131,23 @@ impl Engine {
                     SendStep::New(stamp, completion)
                 }
             };
+            let accepted = |stamp, created, completion| Accepted {
+                sent: Sent { stamp, created },
+                completion,
+            };
             match step {
                 SendStep::Repeat(stamp, barrier) => {
-                    barrier.wait().await?;
-                    return Ok(Sent {
-                        stamp,
-                        created: false,
-                    });
+                    return Ok(accepted(stamp, false, Some(barrier)));
                 }
                 SendStep::CheckDisk => {
                     if let Some(key) = &dedup_key {
                         if let Some(stamp) = self.stored_dedup(&room, key).await? {
-                            return Ok(Sent {
-                                stamp,
-                                created: false,
-                            });
+                            return Ok(accepted(stamp, false, None));
                         }
                     }
                 }
                 SendStep::New(stamp, completion) => {
-                    completion.wait().await?;
-                    return Ok(Sent {
-                        stamp,
-                        created: true,
-                    });
+                    return Ok(accepted(stamp, true, Some(completion)));
                 }
             }
         }

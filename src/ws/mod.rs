@@ -6,6 +6,7 @@
 mod rate;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{self, Message as WsMessage};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 
@@ -24,6 +26,9 @@ use rate::TokenBucket;
 
 /// Frames written before one flush: enough to batch a burst, few enough to keep latency low.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
+/// Replies one connection may have pending (sends waiting for their commit) before the
+/// reader stops reading: enough to fill a group commit, few enough to bound the memory.
+const MAX_REPLIES_IN_FLIGHT: usize = 256;
 /// How long the server waits, after its close frame, for the client's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -113,7 +118,32 @@ where
     let mut bad_in_a_row = 0;
     let mut closed_for_bad_frames = false;
     let mut sends = TokenBucket::new(limits.send_rate, 2 * limits.send_rate);
-    while let Some(incoming) = stream.next().await {
+    let mut replies = FuturesOrdered::<Reply>::new();
+    loop {
+        enum Next {
+            Frame(Option<Result<WsMessage, tungstenite::Error>>),
+            Reply(Option<Option<Frame>>),
+        }
+        // Read on while replies complete, up to MAX_REPLIES_IN_FLIGHT waiting.
+        let next = if replies.is_empty() {
+            Next::Frame(stream.next().await)
+        } else if replies.len() >= MAX_REPLIES_IN_FLIGHT {
+            Next::Reply(replies.next().await)
+        } else {
+            smol::future::or(async { Next::Reply(replies.next().await) }, async {
+                Next::Frame(stream.next().await)
+            })
+            .await
+        };
+        let incoming = match next {
+            Next::Reply(Some(Some(frame))) => {
+                connection.deliver(&frame, Priority::Keep);
+                continue;
+            }
+            Next::Reply(_) => continue,
+            Next::Frame(None) => return,
+            Next::Frame(Some(incoming)) => incoming,
+        };
         shared.heard.touch();
         engine.metrics().frames_in.inc();
         // Once a close is under way, frames are only drained, never acted on.
@@ -129,18 +159,18 @@ where
                 }
                 Err((id, error)) => {
                     bad_in_a_row += 1;
-                    Some(error_frame(engine, id.as_ref(), &error))
+                    ready(Some(error_frame(engine, id.as_ref(), &error)))
                 }
             },
             Ok(WsMessage::Binary(_)) => {
                 bad_in_a_row += 1;
                 let error =
                     Error::BadRequest("binary frames are not supported; send JSON text".into());
-                Some(error_frame(engine, None, &error))
+                ready(Some(error_frame(engine, None, &error)))
             }
             Ok(WsMessage::Close(_)) => return,
             // Pings are answered by tungstenite itself; pongs only prove the client is alive.
-            Ok(_) => None,
+            Ok(_) => continue,
             Err(tungstenite::Error::Capacity(e)) => {
                 log::info!(
                     "closing connection {} of {}: {e}",
@@ -153,9 +183,7 @@ where
             }
             Err(_) => return,
         };
-        if let Some(frame) = reply {
-            connection.deliver(&frame, Priority::Keep);
-        }
+        replies.push_back(reply);
         if bad_in_a_row >= limits.max_bad_frames {
             log::info!(
                 "closing connection {} of {}: {bad_in_a_row} bad frames in a row",
@@ -168,67 +196,84 @@ where
     }
 }
 
-/// Runs one request; returns its reply (or error) frame, if it has one.
-async fn handle(
-    engine: &Engine,
-    connection: &Connection,
+/// A reply on its way, in request order: ready at once, or once a send is durable.
+type Reply<'a> = Pin<Box<dyn Future<Output = Option<Frame>> + Send + 'a>>;
+
+fn ready<'a>(frame: Option<Frame>) -> Reply<'a> {
+    Box::pin(std::future::ready(frame))
+}
+
+/// Runs one request. A send returns as soon as its seq is assigned and its write queued; its
+/// reply follows when the write is durable, so a connection can have many sends in flight.
+async fn handle<'a>(
+    engine: &'a Engine,
+    connection: &'a Connection,
     request: Request,
     sends: &mut TokenBucket,
-) -> Option<Frame> {
+) -> Reply<'a> {
     let Request { id, body } = request;
-    let id = id.as_ref();
     let user = &connection.user;
     let result = match body {
-        RequestBody::Ping => Ok(encode(&ServerFrame::Pong { id })),
-        RequestBody::Rooms => engine
-            .rooms_of(user)
-            .await
-            .map(|rooms| encode(&ServerFrame::Rooms { id, rooms: &rooms })),
+        RequestBody::Send { room_id, message } => {
+            if !sends.try_take() {
+                let error = Error::RateLimited(format!(
+                    "more than {} sends per second",
+                    engine.config().limits.send_rate
+                ));
+                return ready(Some(error_frame(engine, id.as_ref(), &error)));
+            }
+            return match engine.accept_send(&room_id, Some(user), message).await {
+                Ok(accepted) => Box::pin(async move {
+                    let id = id.as_ref();
+                    Some(match accepted.durable().await {
+                        Ok(sent) => encode(&ServerFrame::Sent {
+                            id,
+                            room_id: &room_id,
+                            seq: sent.stamp.seq,
+                            ts: sent.stamp.ts,
+                        }),
+                        Err(error) => error_frame(engine, id, &error),
+                    })
+                }),
+                Err(error) => ready(Some(error_frame(engine, id.as_ref(), &error))),
+            };
+        }
+        RequestBody::Ping => Ok(encode(&ServerFrame::Pong { id: id.as_ref() })),
+        RequestBody::Rooms => engine.rooms_of(user).await.map(|rooms| {
+            encode(&ServerFrame::Rooms {
+                id: id.as_ref(),
+                rooms: &rooms,
+            })
+        }),
         RequestBody::Sync { room_id, query } => engine
             .history(&room_id, &query, Some(user))
             .await
             .map(|page| {
                 encode(&ServerFrame::Messages {
-                    id,
+                    id: id.as_ref(),
                     room_id: &room_id,
                     messages: &page.messages,
                     has_more: page.has_more,
                 })
             }),
-        RequestBody::Send { room_id, message } => {
-            if sends.try_take() {
-                engine
-                    .send(&room_id, Some(user), message)
-                    .await
-                    .map(|sent| {
-                        encode(&ServerFrame::Sent {
-                            id,
-                            room_id: &room_id,
-                            seq: sent.stamp.seq,
-                            ts: sent.stamp.ts,
-                        })
-                    })
-            } else {
-                Err(Error::RateLimited(format!(
-                    "more than {} sends per second",
-                    engine.config().limits.send_rate
-                )))
-            }
-        }
-        RequestBody::Direct { user_id } => engine
-            .open_direct(user, &user_id)
-            .await
-            .map(|room| encode(&ServerFrame::Room { id, room: &room })),
+        RequestBody::Direct { user_id } => engine.open_direct(user, &user_id).await.map(|room| {
+            encode(&ServerFrame::Room {
+                id: id.as_ref(),
+                room: &room,
+            })
+        }),
         RequestBody::Read { room_id, seq } => engine
             .mark_read(user, &room_id, seq)
             .await
-            .map(|()| encode(&ServerFrame::Ok { id })),
+            .map(|()| encode(&ServerFrame::Ok { id: id.as_ref() })),
         RequestBody::Typing { room_id } => match engine.typing(user, &room_id) {
-            Ok(()) => return None,
+            Ok(()) => return ready(None),
             Err(error) => Err(error),
         },
     };
-    Some(result.unwrap_or_else(|error| error_frame(engine, id, &error)))
+    ready(Some(result.unwrap_or_else(|error| {
+        error_frame(engine, id.as_ref(), &error)
+    })))
 }
 
 async fn write_loop<S>(shared: &Shared<'_>, mut sink: WebSocketSender<S>, queues: ConnectionQueues)
