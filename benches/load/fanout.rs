@@ -128,6 +128,7 @@ async fn drive(
     let mut receivers = Vec::new();
     let mut sinks = Vec::new();
     let mut room_sent = Vec::new();
+    let mut paced = Vec::new();
     for (room, members) in &rooms {
         // Tokens: one per message the sender may still have in flight.
         let window = match load {
@@ -177,7 +178,11 @@ async fn drive(
                 expected_out,
                 sent.clone(),
             ));
-            if is_sender {
+            if !is_sender {
+                sinks.push(sink);
+            } else if let Load::Saturation { .. } = load {
+                // One task per room, sending whenever a token (a free place in the window)
+                // comes back.
                 let go = go.clone();
                 let (kind, room, stop, sent, tokens) = (
                     target.kind,
@@ -186,50 +191,56 @@ async fn drive(
                     sent.clone(),
                     token_rx.clone(),
                 );
-                let rooms_count = rooms.len() as f64;
                 senders.push(executor.spawn(async move {
                     let _ = go.recv().await;
                     let mut sink = sink;
-                    let mut credit = 0.0;
-                    let mut last = Instant::now();
-                    while !stop.get() {
-                        match load {
-                            Load::Rate(per_second) => {
-                                // Timers oversleep; the credit follows the clock instead.
-                                smol::Timer::after(Duration::from_millis(5)).await;
-                                let now = Instant::now();
-                                credit += per_second as f64 / rooms_count
-                                    * now.duration_since(last).as_secs_f64();
-                                last = now;
-                                while credit >= 1.0 {
-                                    credit -= 1.0;
-                                    let frame = send_frame(kind, &room, sent.get(), micros());
-                                    if sink.feed(Message::text(frame)).await.is_err() {
-                                        return;
-                                    }
-                                    sent.set(sent.get() + 1);
-                                }
-                                if sink.flush().await.is_err() {
-                                    return;
-                                }
-                            }
-                            Load::Saturation { .. } => {
-                                if tokens.recv().await.is_err() {
-                                    return;
-                                }
-                                let frame = send_frame(kind, &room, sent.get(), micros());
-                                if sink.send(Message::text(frame)).await.is_err() {
-                                    return;
-                                }
-                                sent.set(sent.get() + 1);
-                            }
+                    while !stop.get() && tokens.recv().await.is_ok() {
+                        let frame = send_frame(kind, &room, sent.get(), micros());
+                        if sink.send(Message::text(frame)).await.is_err() {
+                            return;
                         }
+                        sent.set(sent.get() + 1);
                     }
                 }));
             } else {
-                sinks.push(sink);
+                paced.push((sink, room.clone(), sent.clone()));
             }
         }
+    }
+    if let Load::Rate(per_second) = load {
+        // One pacer for every room: a single timer, and sends spread evenly over the rooms
+        // (one timer per room made the load generator itself the source of latency).
+        let (kind, stop, go) = (target.kind, stop.clone(), go.clone());
+        senders.push(executor.spawn(async move {
+            let _ = go.recv().await;
+            let mut credit = 0.0;
+            let mut last = Instant::now();
+            let mut next_room = 0;
+            while !stop.get() {
+                smol::Timer::after(Duration::from_millis(1)).await;
+                let now = Instant::now();
+                credit += per_second as f64 * now.duration_since(last).as_secs_f64();
+                last = now;
+                let mut touched = Vec::new();
+                while credit >= 1.0 {
+                    credit -= 1.0;
+                    let (sink, room, sent) = &mut paced[next_room];
+                    let frame = send_frame(kind, room, sent.get(), micros());
+                    if sink.feed(Message::text(frame)).await.is_err() {
+                        return;
+                    }
+                    sent.set(sent.get() + 1);
+                    touched.push(next_room);
+                    next_room = (next_room + 1) % paced.len();
+                }
+                touched.dedup();
+                for index in touched {
+                    if paced[index].0.flush().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
     }
     drop(go_tx);
     let total_sent = || room_sent.iter().map(|sent| sent.get()).sum::<u64>();

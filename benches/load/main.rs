@@ -18,6 +18,33 @@ use target::Target;
 struct Row {
     scenario: String,
     outcome: Outcome,
+    commits: Option<Commits>,
+}
+
+/// chat-engine's group-commit counters (from `/metrics`).
+struct Commits {
+    count: f64,
+    seconds: f64,
+    writes: f64,
+}
+
+impl Commits {
+    fn read(engine: &Target) -> Commits {
+        let agent = ureq::Agent::new_with_defaults();
+        Commits {
+            count: engine.metric(&agent, "chat_engine_commit_seconds_count"),
+            seconds: engine.metric(&agent, "chat_engine_commit_seconds_sum"),
+            writes: engine.metric(&agent, "chat_engine_commit_batch_writes_sum"),
+        }
+    }
+
+    fn since(&self, before: &Commits) -> Commits {
+        Commits {
+            count: self.count - before.count,
+            seconds: self.seconds - before.seconds,
+            writes: self.writes - before.writes,
+        }
+    }
 }
 
 fn main() {
@@ -39,6 +66,37 @@ fn main() {
             "not pinned (no taskset or one CPU)"
         }
     );
+    // LOAD_ONE=target,rooms,members,rate (rate 0: saturation) runs one measurement, for
+    // profiling or a quick look: LOAD_ONE=chat-engine,100,10,10000
+    if let Ok(one) = std::env::var("LOAD_ONE") {
+        let parts: Vec<&str> = one.split(',').collect();
+        let number = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|p| p.parse().ok())
+                .expect("LOAD_ONE=target,rooms,members,rate")
+        };
+        let target = match parts[0] {
+            "baseline" => Target::baseline(),
+            _ => Target::chat_engine(),
+        };
+        let shape = Shape {
+            rooms: number(1) as usize,
+            members: number(2) as usize,
+        };
+        let load = match number(3) {
+            0 => Load::Saturation { window: 32 },
+            rate => Load::Rate(rate),
+        };
+        let outcome = fanout::run(&target, shape, load, measure);
+        let row = Row {
+            scenario: one.clone(),
+            outcome,
+            commits: None,
+        };
+        print_table(&[row], f64::NAN);
+        return;
+    }
     let wide = Shape {
         rooms: 100,
         members: 10,
@@ -53,12 +111,19 @@ fn main() {
     const IDLE: usize = 5_000;
     let baseline = Target::baseline();
     let bare = fanout::run(&baseline, wide, saturate, measure);
+    let bare_10k = fanout::run(&baseline, wide, Load::Rate(10_000), measure);
     drop(baseline);
     let bare_idle = idle::rss_per_connection(&Target::baseline(), IDLE);
     let bare_rate = bare.deliveries_per_s;
     rows.push(Row {
         scenario: "baseline: 100 rooms x 10, saturation".into(),
         outcome: bare,
+        commits: None,
+    });
+    rows.push(Row {
+        scenario: "baseline: 100 rooms x 10, 10k msg/s offered".into(),
+        outcome: bare_10k,
+        commits: None,
     });
 
     let engine = Target::chat_engine();
@@ -89,10 +154,13 @@ fn main() {
             saturate,
         ),
     ] {
+        let before = Commits::read(&engine);
         let outcome = fanout::run(&engine, shape, load, measure);
+        let commits = Commits::read(&engine).since(&before);
         rows.push(Row {
             scenario: name.into(),
             outcome,
+            commits: Some(commits),
         });
     }
     let slow_closes = engine.metric(
@@ -132,6 +200,20 @@ fn print_table(rows: &[Row], bare_rate: f64) {
             o.lost,
             o.duplicated
         );
+    }
+    println!();
+    println!("| scenario | group commits | mean writes per commit | mean commit ms |");
+    println!("| --- | ---: | ---: | ---: |");
+    for row in rows {
+        if let Some(c) = &row.commits {
+            println!(
+                "| {} | {:.0} | {:.1} | {:.2} |",
+                row.scenario,
+                c.count,
+                c.writes / c.count.max(1.0),
+                1000.0 * c.seconds / c.count.max(1.0)
+            );
+        }
     }
     for row in rows {
         if let Some(error) = &row.outcome.first_error {

@@ -75,7 +75,8 @@ impl Connection {
         let bytes = frame.len();
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let over_bytes = before > 0 && before + bytes > self.max_queued_bytes;
-        if over_bytes || self.frames.try_send(frame.clone()).is_err() {
+        let over_frames = self.frames.len() >= self.capacity;
+        if over_bytes || over_frames || self.frames.try_send(frame.clone()).is_err() {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             if !self.frames.is_closed() {
                 log::warn!(
@@ -123,7 +124,9 @@ impl Registry {
         max_per_user: usize,
     ) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
         let queue_capacity = queue.frames;
-        let (frames_tx, frames) = async_channel::bounded(queue_capacity);
+        // Unbounded in type, bounded by `deliver`: a bounded channel allocates all its slots
+        // up front, about 40 KiB per idle connection at the default 1024 frames.
+        let (frames_tx, frames) = async_channel::unbounded();
         let (kick_tx, kick) = async_channel::bounded(1);
         let connection = Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
