@@ -7,6 +7,7 @@
 
 mod baseline;
 mod fanout;
+mod history;
 mod idle;
 mod target;
 
@@ -163,6 +164,11 @@ fn main() {
             commits: Some(commits),
         });
     }
+    history::fill(&engine);
+    let cached = history::run(&engine, measure, history::cached);
+    let mut engine = engine;
+    engine.restart();
+    let from_disk = history::run(&engine, measure, history::from_disk);
     let slow_closes = engine.metric(
         &ureq::Agent::new_with_defaults(),
         "chat_engine_ws_closes_total{code=\"1013\"}",
@@ -172,6 +178,18 @@ fn main() {
     print_table(&rows, bare_rate);
     println!();
     println!("slow-consumer closes (1013) during the chat-engine runs: {slow_closes}");
+    for (name, outcome) in [
+        ("4: sync, no cursor (cache)", &cached),
+        ("4: sync, since_seq from disk after a restart", &from_disk),
+    ] {
+        println!(
+            "{name}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms ({} clients, one request in flight each)",
+            outcome.per_s,
+            outcome.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+            outcome.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+            history::CLIENTS
+        );
+    }
     println!(
         "3: RSS per idle connection ({IDLE} connections): chat-engine {engine_idle:.1} KiB, \
          baseline {bare_idle:.1} KiB"

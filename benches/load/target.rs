@@ -56,45 +56,52 @@ pub struct Target {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Target {
     pub fn chat_engine() -> Target {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("chat-engine.toml");
         std::fs::write(
-            &config,
+            dir.path().join("chat-engine.toml"),
             format!(
                 "[auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\n\
                  [limits]\nsend_rate = 1000000\nmax_connections_per_user = 64\n"
             ),
         )
         .expect("write config");
-        let data = dir.path().join("data");
-        Self::start_chat_engine(dir, data, config)
-    }
-
-    fn start_chat_engine(
-        dir: tempfile::TempDir,
-        data: std::path::PathBuf,
-        config: std::path::PathBuf,
-    ) -> Target {
-        let mut command = pinned(env!("CARGO_BIN_EXE_chat-engine"));
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .env("RUST_LOG", "warn,chat_engine=info");
-        let (child, addr) = spawn(command);
+        let (child, addr) = Self::spawn_chat_engine(&dir);
         Target {
             kind: Kind::ChatEngine,
             addr,
             child,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Starts chat-engine on the config and data in `dir`.
+    fn spawn_chat_engine(dir: &tempfile::TempDir) -> (Child, SocketAddr) {
+        let mut command = pinned(env!("CARGO_BIN_EXE_chat-engine"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(dir.path().join("chat-engine.toml"))
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "warn,chat_engine=info");
+        spawn(command)
+    }
+
+    /// Stops chat-engine with SIGTERM and starts it again on the same data: its caches are
+    /// cold except for what start-up loads.
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let (child, addr) = Self::spawn_chat_engine(&self.dir);
+        self.child = child;
+        self.addr = addr;
     }
 
     pub fn baseline() -> Target {
@@ -106,18 +113,14 @@ impl Target {
             kind: Kind::Baseline,
             addr,
             child,
-            _dir: dir,
+            dir,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// The server's resident set size, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
