@@ -67,6 +67,12 @@ fn main() {
             "not pinned (no taskset or one CPU)"
         }
     );
+    // LOAD_IDLE=1 measures only the idle connections (scenario 3).
+    if std::env::var_os("LOAD_IDLE").is_some() {
+        let engine = idle::rss_per_connection(&Target::chat_engine(), 5_000);
+        println!("3: RSS per idle connection (5000 connections): chat-engine {engine:.1} KiB");
+        return;
+    }
     // LOAD_ONE=target,rooms,members,rate (rate 0: saturation) runs one measurement, for
     // profiling or a quick look: LOAD_ONE=chat-engine,100,10,10000
     if let Ok(one) = std::env::var("LOAD_ONE") {
