@@ -526,20 +526,21 @@ fn bad_config_exits_non_zero_with_a_one_line_reason() {
     assert_bad_config("missing file", None, true, &["chat-engine.toml"]);
 }
 
+/// Runs `serve --listen LISTEN --data DATA` with no config, expecting it to exit within 30 s;
+/// returns its status and stderr.
+fn serve_until_exit(listen: &str, data: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let data = data.to_str().unwrap();
+    let (status, _, stderr) = run_bin(
+        &["serve", "--listen", listen, "--data", data],
+        Duration::from_secs(30),
+    );
+    (status, stderr)
+}
+
 #[test]
 fn bad_listen_flag_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (status, _, stderr) = run_bin(
-        &[
-            "serve",
-            "--listen",
-            "nonsense:port",
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        Duration::from_secs(15),
-    );
+    let (status, stderr) = serve_until_exit("nonsense:port", &dir.path().join("data"));
     assert!(!status.success(), "bad --listen: {status:?}; {stderr}");
     assert!(!stderr.trim().is_empty(), "a reason on stderr");
 }
@@ -966,16 +967,7 @@ fn a_member_who_never_reads_does_not_grow_the_servers_memory() {
 /// Runs `serve` on `data` and asserts it refuses to start: exit 1 with a one-line reason
 /// containing `reason`.
 fn assert_refuses_data(data: &std::path::Path, reason: &str) {
-    let (status, _, err) = run_bin(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (status, err) = serve_until_exit("127.0.0.1:0", data);
     assert_eq!(status.code(), Some(1), "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
