@@ -346,41 +346,57 @@ impl Storage {
     }
 
     /// The messages of a room older than `cutoff_ts` (ts grows with seq, so they are the
-    /// oldest ones): how many there are, the seq of the first message to keep, and the
-    /// newest one's stamp. `None` when none is that old.
+    /// oldest ones): how many there are, the seq of the first one, and the newest one's
+    /// stamp. `None` when none is that old.
     pub fn expired(
         &self,
         room_number: u64,
         cutoff_ts: u64,
     ) -> Result<Option<Expired>, StorageError> {
-        let mut expired: Option<Expired> = None;
-        let from = keys::message(room_number, 0);
-        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Messages));
-        iter.seek(from);
-        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            let Some((room, seq)) = keys::split_message(key) else {
-                break;
-            };
-            if room != room_number {
-                break;
-            }
-            let message: MessageRecord = codec::decode(Cf::Messages.name(), value)?;
+        let (mut count, mut first_seq, mut newest) = (0, 0, None);
+        self.walk_messages(room_number, 0, |seq, message| {
             if message.ts >= cutoff_ts {
-                break;
+                return false;
             }
-            let first_seq = expired.as_ref().map_or(seq, |e| e.first_seq);
-            expired = Some(Expired {
-                count: expired.as_ref().map_or(0, |e| e.count) + 1,
-                first_seq,
-                newest: StampRecord {
-                    seq,
-                    ts: message.ts,
-                },
+            if count == 0 {
+                first_seq = seq;
+            }
+            count += 1;
+            newest = Some(StampRecord {
+                seq,
+                ts: message.ts,
             });
+            true
+        })?;
+        Ok(newest.map(|newest| Expired {
+            count,
+            first_seq,
+            newest,
+        }))
+    }
+
+    /// Visits a room's messages oldest first, from seq `from`, while `visit` returns true.
+    fn walk_messages(
+        &self,
+        room_number: u64,
+        from: u64,
+        mut visit: impl FnMut(u64, MessageRecord) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Messages));
+        iter.seek(keys::message(room_number, from));
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            match keys::split_message(key) {
+                Some((number, seq)) if number == room_number => {
+                    if !visit(seq, codec::decode(Cf::Messages.name(), value)?) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
             iter.next();
         }
         iter.status()?;
-        Ok(expired)
+        Ok(())
     }
 
     /// The oldest seq still stored for a room.
@@ -399,25 +415,16 @@ impl Storage {
         upto: u64,
         user_id: &str,
     ) -> Result<u64, StorageError> {
-        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Messages));
-        iter.seek(keys::message(room_number, after.saturating_add(1)));
         let mut count = 0;
-        while iter.valid() {
-            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
-                break;
-            };
-            match keys::split_message(key) {
-                Some((number, seq)) if number == room_number && seq <= upto => {
-                    let record: MessageRecord = codec::decode(Cf::Messages.name(), value)?;
-                    if record.sender.as_deref() != Some(user_id) {
-                        count += 1;
-                    }
-                }
-                _ => break,
+        self.walk_messages(room_number, after.saturating_add(1), |seq, message| {
+            if seq > upto {
+                return false;
             }
-            iter.next();
-        }
-        iter.status()?;
+            if message.sender.as_deref() != Some(user_id) {
+                count += 1;
+            }
+            true
+        })?;
         Ok(count)
     }
 }
