@@ -346,11 +346,25 @@ impl Engine {
 
     /// A write of nothing that commits after everything submitted before it.
     fn barrier(&self, slot: Slot) -> Completion {
+        self.submit_unbound(slot, Vec::new(), || {})
+    }
+
+    /// Submits writes that no room's in-memory state was built on (barriers, retention);
+    /// `on_commit` runs on the writer thread once they are durable.
+    fn submit_unbound(
+        &self,
+        slot: Slot,
+        writes: Vec<KeyWrite>,
+        on_commit: impl FnOnce() + Send + 'static,
+    ) -> Completion {
         let (tx, rx) = async_channel::bounded(1);
         let op = WriteOp {
-            writes: Vec::new(),
+            writes,
             built_on: None,
             done: Box::new(move |result| {
+                if result.is_ok() {
+                    on_commit();
+                }
                 let _ = tx.try_send(result);
             }),
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::Engine;
 use crate::protocol::{now_ms, RoomId};
-use crate::storage::{keys, Cf, Expired, KeyWrite, WriteOp};
+use crate::storage::{keys, Cf, Expired, KeyWrite};
 
 const DAY_MS: f64 = 24.0 * 60.0 * 60.0 * 1000.0;
 
@@ -47,25 +47,13 @@ impl Engine {
             .await?;
         for (id, number, found) in expired {
             let slot = self.inner.writer.reserve().await;
-            let (tx, rx) = async_channel::bounded(1);
             let engine = self.clone();
             let room_id = RoomId::parse(&id).ok();
-            self.inner.writer.submit(
-                slot,
-                WriteOp {
-                    writes: purge_writes(number, &found),
-                    built_on: None,
-                    done: Box::new(move |result| {
-                        if result.is_ok() {
-                            engine.forget_purged(room_id.as_ref(), &found);
-                        }
-                        let _ = tx.try_send(result);
-                    }),
-                },
-            );
-            rx.recv()
-                .await
-                .map_err(|_| crate::storage::StorageError::Closed)??;
+            self.submit_unbound(slot, purge_writes(number, &found), move || {
+                engine.forget_purged(room_id.as_ref(), &found)
+            })
+            .wait()
+            .await?;
         }
         Ok(())
     }
