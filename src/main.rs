@@ -1,5 +1,8 @@
 //! The `chat-engine` binary: command line, logging, config, bind, and run until a signal.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;

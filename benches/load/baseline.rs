@@ -10,6 +10,8 @@ use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use futures_util::{SinkExt, StreamExt};
 
+use crate::fanout::socket_config;
+
 type Rooms = Arc<Mutex<HashMap<String, Vec<(u64, async_channel::Sender<Utf8Bytes>)>>>>;
 
 /// Frames queued per connection, and written per flush, as in chat-engine.
@@ -44,7 +46,10 @@ async fn connection(stream: smol::net::TcpStream, rooms: Rooms, id: u64) {
         room = request.uri().path().trim_start_matches("/room/").to_owned();
         Ok(response)
     };
-    let Ok(socket) = async_tungstenite::accept_hdr_async(stream, callback).await else {
+    let Ok(socket) =
+        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(socket_config()))
+            .await
+    else {
         return;
     };
     let (tx, rx) = async_channel::bounded::<Utf8Bytes>(QUEUE);

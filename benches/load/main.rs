@@ -5,6 +5,10 @@
 //! `cargo bench --bench load`; `LOAD_SECONDS` sets each measurement's length (default 5).
 //! The servers run on CPU 0 and the load generator on CPU 1 where taskset exists.
 
+// The same allocator as chat-engine, for the baseline server and the load generator alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod baseline;
 mod fanout;
 mod history;
@@ -95,11 +99,12 @@ fn main() {
             0 => Load::Saturation { window: 32 },
             rate => Load::Rate(rate),
         };
+        let before = (target.kind == target::Kind::ChatEngine).then(|| Commits::read(&target));
         let outcome = fanout::run(&target, shape, load, measure);
         let row = Row {
             scenario: one.clone(),
             outcome,
-            commits: None,
+            commits: before.map(|before| Commits::read(&target).since(&before)),
         };
         print_table(&[row], f64::NAN);
         return;
