@@ -46,9 +46,12 @@ async fn connection(stream: smol::net::TcpStream, rooms: Rooms, id: u64) {
         room = request.uri().path().trim_start_matches("/room/").to_owned();
         Ok(response)
     };
-    let Ok(socket) =
-        async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(socket_config()))
-            .await
+    let Ok(socket) = async_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(socket_config(2 * 1024)),
+    )
+    .await
     else {
         return;
     };

@@ -56,10 +56,11 @@ type Socket = WebSocketStream<TcpStream>;
 
 /// tungstenite zero-fills its whole read buffer before every read: at the default 128 KiB
 /// that memset was most of the load generator's CPU at moderate rates (a read then carries
-/// one small frame), and queued deliveries for 40 ms. Small reads cost little at saturation.
-pub fn socket_config() -> WebSocketConfig {
+/// one small frame), and queued deliveries for 40 ms. The baseline server takes chat-engine's
+/// sizes (2 KiB reads, 64 KiB of writes per flush); the load generator reads 8 KiB at a time.
+pub fn socket_config(read_buffer_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(read_buffer_bytes)
         .write_buffer_size(64 * 1024)
 }
 
@@ -67,7 +68,7 @@ pub async fn connect(url: &str, addr: std::net::SocketAddr) -> Socket {
     let stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let (socket, _) =
-        async_tungstenite::client_async_with_config(url, stream, Some(socket_config()))
+        async_tungstenite::client_async_with_config(url, stream, Some(socket_config(8 * 1024)))
             .await
             .expect("WebSocket handshake");
     socket
