@@ -113,11 +113,34 @@ pub struct DirectConfig {
     pub policy: DirectPolicy,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Redis for cluster mode (cargo feature `redis`); unset runs a single node.
     pub redis_url: Option<String>,
+    /// `redis_url` is one node of a Redis Cluster (the others are discovered from it).
+    pub redis_cluster: bool,
+    /// Rooms are spread over this many logs (and Redis Cluster slots); every node of a
+    /// cluster must use the same number, which the first node records in Redis.
+    pub shards: u16,
+    /// Entries each shard's log keeps (trimmed approximately): how far behind a node that
+    /// was down or cut off may fall and still catch up by itself.
+    pub log_max_len: u64,
+    /// How long a change waits for this node to apply it from the log before the caller
+    /// gets `unavailable`.
+    pub apply_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_cluster: false,
+            shards: 16,
+            log_max_len: 1_000_000,
+            apply_timeout_ms: 5_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -294,6 +317,11 @@ impl Config {
         if self.cluster.redis_url.is_some() && !cfg!(feature = "redis") {
             return invalid(
                 "cluster.redis_url is set but this build has no `redis` feature".into(),
+            );
+        }
+        if self.cluster.shards == 0 || self.cluster.log_max_len < 1_000 {
+            return invalid(
+                "cluster.shards must be at least 1 and cluster.log_max_len at least 1000".into(),
             );
         }
         Ok(())

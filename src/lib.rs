@@ -9,11 +9,16 @@
 //! - [`engine`] owns rooms, membership, seq/ts assignment and fan-out to connections;
 //! - [`storage`] makes everything durable in RocksDB through one group-commit writer.
 //!
+//! In cluster mode (feature `redis`), `cluster` lets Redis decide each change and applies
+//! every node's changes from Redis's logs through the engine.
+//!
 //! [`auth`] checks tokens and API keys, [`config`] holds every setting, and [`error`] maps
 //! failures to protocol codes. [`run`] wires them together; `main.rs` and the tests share it.
 
 pub mod auth;
 pub mod backup;
+#[cfg(feature = "redis")]
+mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -48,8 +53,11 @@ pub async fn run(
     let engine = engine::Engine::open(config)?;
     // The background duties never end; they only run while the server does.
     let background = smol::future::zip(
-        service::feed_watchdog(engine.clone()),
-        engine.enforce_retention(),
+        smol::future::zip(
+            service::feed_watchdog(engine.clone()),
+            engine.enforce_retention(),
+        ),
+        engine.cluster_duties(),
     );
     let served = smol::future::or(http::serve(listener, engine.clone()), async {
         background.await;

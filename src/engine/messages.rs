@@ -3,13 +3,21 @@
 
 use std::sync::Arc;
 
-use super::room::{DedupKey, Room, Stamp};
+use super::room::{DedupKey, Room, RoomState, Stamp};
 use super::{Completion, Engine, Priority};
 use crate::error::Error;
 use crate::protocol::{
     encode, now_ms, Message, MessageKind, NewMessage, RoomId, RoomView, ServerFrame, UserId,
 };
+use crate::storage::writer::Slot;
 use crate::storage::{keys, Cf, KeyWrite, MessageRecord, StampRecord};
+
+/// A new message's text, data and `client_msg_id`.
+pub(super) type MessageParts = (
+    String,
+    Option<Box<serde_json::value::RawValue>>,
+    Option<String>,
+);
 
 /// What a send produced.
 pub struct Sent {
@@ -21,15 +29,28 @@ pub struct Sent {
 /// A send with its seq assigned and its write queued, not yet durable.
 pub struct Accepted {
     sent: Sent,
-    /// The commit to wait for; none when the answer came from disk (already durable).
-    completion: Option<Completion>,
+    durability: Durability,
+}
+
+/// What an accepted send still waits for.
+enum Durability {
+    /// Nothing: the answer came from disk.
+    Done,
+    /// This node's commit.
+    Commit(Completion),
+    /// This node applying the message from the cluster log.
+    #[cfg(feature = "redis")]
+    Applied(crate::cluster::Pending),
 }
 
 impl Accepted {
     /// Waits until the message is durable (and so visible and pushed).
     pub async fn durable(self) -> Result<Sent, Error> {
-        if let Some(completion) = self.completion {
-            completion.wait().await?;
+        match self.durability {
+            Durability::Done => {}
+            Durability::Commit(completion) => completion.wait().await?,
+            #[cfg(feature = "redis")]
+            Durability::Applied(pending) => pending.applied().await?,
         }
         Ok(self.sent)
     }
@@ -60,6 +81,27 @@ impl Engine {
         message: NewMessage,
     ) -> Result<Accepted, Error> {
         message.validate(self.inner.config.limits.max_message_bytes)?;
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = self.cluster() {
+            let (text, data, client_msg_id) = message.into_parts();
+            let body = super::replica::MessageBody {
+                sender: sender.cloned(),
+                text,
+                data,
+                client_msg_id,
+            };
+            let floor = self.room(room_id).map(|room| room.state().assigned);
+            let decided = cluster
+                .send(room_id, &body, floor.unwrap_or_default())
+                .await?;
+            return Ok(Accepted {
+                sent: Sent {
+                    stamp: decided.stamp,
+                    created: decided.created,
+                },
+                durability: Durability::Applied(decided.pending),
+            });
+        }
         let room = self.open_room(room_id)?;
         let (text, data, client_msg_id) = message.into_parts();
         let dedup_key: Option<DedupKey> = client_msg_id.clone().map(|id| (sender.cloned(), id));
@@ -85,72 +127,93 @@ impl Engine {
                     SendStep::CheckDisk
                 } else {
                     let stamp = state.assigned.next(now_ms());
-                    state.assigned = stamp;
-                    let message = Arc::new(Message {
-                        room_id: room.id.clone(),
-                        seq: stamp.seq,
-                        ts: stamp.ts,
-                        sender: sender.cloned(),
-                        kind: if sender.is_some() {
-                            MessageKind::Text
-                        } else {
-                            MessageKind::System
-                        },
-                        text: text.clone(),
-                        data: data.clone(),
-                        client_msg_id: client_msg_id.clone(),
-                    });
-                    let mut writes = vec![KeyWrite::put(
-                        Cf::Messages,
-                        &keys::message(room.number, stamp.seq),
-                        &record_of(&message),
-                    )];
-                    if let Some(key) = &dedup_key {
-                        let dedup = StampRecord {
-                            seq: stamp.seq,
-                            ts: stamp.ts,
-                        };
-                        writes.push(KeyWrite::put(
-                            Cf::Dedup,
-                            &keys::dedup(room.number, sender.map(UserId::as_str), &key.1),
-                            &dedup,
-                        ));
-                        state.dedup_insert(key.clone(), stamp);
-                    }
-                    let audience = state.audience.clone();
-                    let committed_room = room.clone();
-                    let completion = self.submit_with(slot, &room, writes, move |engine| {
-                        committed_room.state().commit(message.clone());
-                        engine.inner.metrics.messages_stored.inc();
-                        let frame = encode(&ServerFrame::Message { message: &message });
-                        engine
-                            .inner
-                            .connections
-                            .deliver(&audience, None, &frame, Priority::Keep);
-                    });
+                    let completion = self.store_message(
+                        slot,
+                        &room,
+                        &mut state,
+                        stamp,
+                        sender,
+                        (text.clone(), data.clone(), client_msg_id.clone()),
+                    );
                     SendStep::New(stamp, completion)
                 }
             };
-            let accepted = |stamp, created, completion| Accepted {
+            let accepted = |stamp, created, durability| Accepted {
                 sent: Sent { stamp, created },
-                completion,
+                durability,
             };
             match step {
                 SendStep::Repeat(stamp, barrier) => {
-                    return Ok(accepted(stamp, false, Some(barrier)));
+                    return Ok(accepted(stamp, false, Durability::Commit(barrier)));
                 }
                 SendStep::CheckDisk => {
                     if let Some(key) = &dedup_key {
                         if let Some(stamp) = self.stored_dedup(&room, key).await? {
-                            return Ok(accepted(stamp, false, None));
+                            return Ok(accepted(stamp, false, Durability::Done));
                         }
                     }
                 }
                 SendStep::New(stamp, completion) => {
-                    return Ok(accepted(stamp, true, Some(completion)));
+                    return Ok(accepted(stamp, true, Durability::Commit(completion)));
                 }
             }
         }
+    }
+
+    /// Assigns `stamp` to a new message in `room` and queues its write; once durable it
+    /// joins the cache and is pushed to the room's members.
+    pub(super) fn store_message(
+        &self,
+        slot: Slot,
+        room: &Arc<Room>,
+        state: &mut RoomState,
+        stamp: Stamp,
+        sender: Option<&UserId>,
+        (text, data, client_msg_id): MessageParts,
+    ) -> Completion {
+        state.assigned = stamp;
+        let message = Arc::new(Message {
+            room_id: room.id.clone(),
+            seq: stamp.seq,
+            ts: stamp.ts,
+            sender: sender.cloned(),
+            kind: if sender.is_some() {
+                MessageKind::Text
+            } else {
+                MessageKind::System
+            },
+            text,
+            data,
+            client_msg_id,
+        });
+        let mut writes = vec![KeyWrite::put(
+            Cf::Messages,
+            &keys::message(room.number, stamp.seq),
+            &record_of(&message),
+        )];
+        if let Some(id) = &message.client_msg_id {
+            let dedup = StampRecord {
+                seq: stamp.seq,
+                ts: stamp.ts,
+            };
+            writes.push(KeyWrite::put(
+                Cf::Dedup,
+                &keys::dedup(room.number, sender.map(UserId::as_str), id),
+                &dedup,
+            ));
+            state.dedup_insert((sender.cloned(), id.clone()), stamp);
+        }
+        let audience = state.audience.clone();
+        let committed_room = room.clone();
+        self.submit_with(slot, room, writes, move |engine| {
+            committed_room.state().commit(message.clone());
+            engine.inner.metrics.messages_stored.inc();
+            let frame = encode(&ServerFrame::Message { message: &message });
+            engine
+                .inner
+                .connections
+                .deliver(&audience, None, &frame, Priority::Keep);
+        })
     }
 
     async fn stored_dedup(&self, room: &Room, key: &DedupKey) -> Result<Option<Stamp>, Error> {
@@ -168,23 +231,52 @@ impl Engine {
     /// message).
     pub async fn mark_read(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
         let room = self.open_room(room_id)?;
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = self.cluster() {
+            let seq = {
+                let state = room.state();
+                if !state.is_member(user) {
+                    return Err(Error::NotMember(room_id.to_string()));
+                }
+                seq.min(state.committed.seq)
+            };
+            let change = super::replica::RoomChange::Read {
+                room_id: room_id.clone(),
+                user_id: user.clone(),
+                seq,
+            };
+            return cluster.update(&change).await.map(|_| ());
+        }
         let slot = self.inner.writer.reserve().await;
         let completion = {
             let mut state = room.state();
             let committed = state.committed.seq;
-            let member = state
-                .members
-                .get_mut(user)
-                .ok_or_else(|| Error::NotMember(room_id.to_string()))?;
-            member.read_seq = member.read_seq.max(seq.min(committed));
-            let write = KeyWrite::put(
-                Cf::Reads,
-                &keys::pair(user.as_str(), room_id.as_str()),
-                &member.read_seq,
-            );
-            self.submit(slot, &room, vec![write], Vec::new())
+            self.move_read_marker(slot, &room, &mut state, user, seq.min(committed))?
         };
         completion.wait().await
+    }
+
+    /// Moves `user`'s read marker in `room` forward to `seq` (never back) and queues its
+    /// write. The caller caps `seq` at the last message.
+    pub(super) fn move_read_marker(
+        &self,
+        slot: Slot,
+        room: &Arc<Room>,
+        state: &mut RoomState,
+        user: &UserId,
+        seq: u64,
+    ) -> Result<Completion, Error> {
+        let member = state
+            .members
+            .get_mut(user)
+            .ok_or_else(|| Error::NotMember(room.id.to_string()))?;
+        member.read_seq = member.read_seq.max(seq);
+        let write = KeyWrite::put(
+            Cf::Reads,
+            &keys::pair(user.as_str(), room.id.as_str()),
+            &member.read_seq,
+        );
+        Ok(self.submit(slot, room, vec![write], Vec::new()))
     }
 
     /// `typing`: tells the room's other members, best effort (never stored).

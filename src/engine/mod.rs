@@ -11,6 +11,8 @@ pub mod connections;
 mod history;
 pub mod membership;
 mod messages;
+#[cfg(feature = "redis")]
+pub mod replica;
 mod retention;
 mod room;
 
@@ -55,6 +57,9 @@ struct Shared {
     next_room_number: AtomicU64,
     /// False after a failed write until one succeeds again (`/readyz`).
     storage_ok: AtomicBool,
+    /// Cluster mode: Redis decides changes, and this node applies them from its logs.
+    #[cfg(feature = "redis")]
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Pushes to make once a write is durable.
@@ -75,10 +80,10 @@ impl Delivery {
 }
 
 /// Resolves when a submitted write has committed (or failed).
-struct Completion(async_channel::Receiver<Result<(), StorageError>>);
+pub struct Completion(async_channel::Receiver<Result<(), StorageError>>);
 
 impl Completion {
-    async fn wait(self) -> Result<(), Error> {
+    pub async fn wait(self) -> Result<(), Error> {
         match self.0.recv().await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(StorageError::Closed.into()),
@@ -134,6 +139,14 @@ impl Engine {
             rooms.len(),
             config.storage.path.display()
         );
+        #[cfg(feature = "redis")]
+        let cluster = match config.cluster.redis_url {
+            Some(_) => Some(Arc::new(crate::cluster::Cluster::new(
+                &config.cluster,
+                &storage,
+            )?)),
+            None => None,
+        };
         let metrics = Metrics::new();
         let writer = Writer::start(
             storage.clone(),
@@ -154,6 +167,8 @@ impl Engine {
                 lifecycle: Mutex::new(()),
                 next_room_number: AtomicU64::new(next_room_number),
                 storage_ok: AtomicBool::new(true),
+                #[cfg(feature = "redis")]
+                cluster,
             }),
         })
     }
@@ -170,9 +185,48 @@ impl Engine {
         &self.inner.metrics
     }
 
-    /// Whether storage is taking writes (`/readyz`).
+    /// Whether storage is taking writes and, in cluster mode, Redis is reachable and this
+    /// node is caught up (`/readyz`).
     pub fn is_ready(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.inner.cluster {
+            if !cluster.is_ready() {
+                return false;
+            }
+        }
         self.inner.storage_ok.load(Ordering::Relaxed)
+    }
+
+    /// The cluster, in cluster mode.
+    #[cfg(feature = "redis")]
+    fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Cluster mode's background duties: keeping the Redis connection up and applying
+    /// every shard's log. Never ends; pending forever on a single node.
+    pub async fn cluster_duties(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = self.cluster() {
+            let followers = (0..self.inner.config.cluster.shards)
+                .map(|shard| {
+                    smol::spawn({
+                        let (cluster, engine) = (cluster.clone(), self.clone());
+                        async move { cluster.follow(&engine, shard).await }
+                    })
+                })
+                .collect::<Vec<_>>();
+            cluster.keep_up(self).await;
+            drop(followers);
+        }
+        std::future::pending::<()>().await
+    }
+
+    /// Writes `meta` keys and waits until they are durable (cluster positions and epoch).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn write_meta(&self, writes: Vec<KeyWrite>) -> Result<(), Error> {
+        let slot = self.inner.writer.reserve().await;
+        self.submit_unbound(slot, writes, || {}).wait().await
     }
 
     /// Registers a WebSocket connection; pushes for the user's rooms start at once.

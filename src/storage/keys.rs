@@ -25,6 +25,9 @@ pub enum Cf {
     /// `META_*` keys: schema version (u32), room-number counter (u64); and
     /// `purged` 0xFF room number (u64 BE) -> `StampRecord`, the newest message retention
     /// deleted, so a room whose every message expired still knows its last seq and ts.
+    /// Cluster mode adds `cluster_position` 0xFF shard (u16 BE) -> (u64, u64), the id of
+    /// the last entry of that shard's log applied here; and `cluster_epoch` -> the string
+    /// naming the Redis data set those positions belong to.
     Meta,
 }
 
@@ -59,6 +62,17 @@ pub const SEP: u8 = 0xFF;
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 /// `meta`: the number the next new room gets (u64).
 pub const META_NEXT_ROOM_NUMBER: &[u8] = b"next_room_number";
+
+/// `meta`: which Redis data set the cluster positions belong to (a string).
+pub const META_CLUSTER_EPOCH: &[u8] = b"cluster_epoch";
+
+/// `meta` key of the last applied entry of one shard's cluster log.
+pub fn cluster_position(shard: u16) -> Vec<u8> {
+    let mut key = b"cluster_position".to_vec();
+    key.push(SEP);
+    key.extend_from_slice(&shard.to_be_bytes());
+    key
+}
 
 /// `meta` key of a room's [`crate::storage::StampRecord`] of purged history.
 pub fn purged(room_number: u64) -> Vec<u8> {
@@ -202,6 +216,22 @@ mod tests {
         assert!(purged(1) < purged(256), "numbers are big-endian");
         for other in [META_SCHEMA_VERSION, META_NEXT_ROOM_NUMBER] {
             assert!(!purged(0).starts_with(other) && !other.starts_with(&purged(0)));
+        }
+    }
+
+    #[test]
+    fn cluster_meta_keys_are_one_per_shard_and_apart_from_the_others() {
+        assert_ne!(cluster_position(1), cluster_position(256));
+        assert!(cluster_position(1) < cluster_position(256));
+        let singles = [
+            META_SCHEMA_VERSION,
+            META_NEXT_ROOM_NUMBER,
+            META_CLUSTER_EPOCH,
+        ];
+        for key in [cluster_position(0), purged(0)] {
+            for other in singles {
+                assert!(!key.starts_with(other) && !other.starts_with(&key));
+            }
         }
     }
 }

@@ -228,6 +228,16 @@ impl Storage {
             .unwrap_or(1))
     }
 
+    /// The id (milliseconds, sequence) of the last entry of cluster log `shard` applied here.
+    pub fn cluster_position(&self, shard: u16) -> Result<Option<(u64, u64)>, StorageError> {
+        self.get(Cf::Meta, &keys::cluster_position(shard))
+    }
+
+    /// The Redis data set this node's cluster positions belong to.
+    pub fn cluster_epoch(&self) -> Result<Option<String>, StorageError> {
+        self.get(Cf::Meta, keys::META_CLUSTER_EPOCH)
+    }
+
     pub fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StorageError> {
         self.get(Cf::Rooms, &keys::room(room_id))
     }

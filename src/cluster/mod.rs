@@ -1,0 +1,583 @@
+//! Cluster mode (cargo feature `redis`): Redis decides every change (seq and ts, membership,
+//! dedup) in Lua scripts that append it to a per-shard log; every node, the asking one
+//! included, reads the logs and applies them in order to its own storage and memory.
+//!
+//! A change is acknowledged once Redis has logged it and this node has applied it, so a
+//! client reads its own writes on its node, and every node ends up with the same history.
+//! Each node stores how far it has applied every log, beside the data, and so resumes
+//! where it stopped after a restart or a lost Redis connection. Redis must persist its
+//! data (AOF) for a Redis restart to lose nothing: see README, "Cluster mode".
+
+mod link;
+mod scripts;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, RedisError, Value};
+
+use crate::config::ClusterConfig;
+use crate::engine::replica::{Applied, Change, MessageBody, RoomChange};
+use crate::engine::{Engine, Stamp};
+use crate::error::Error;
+use crate::protocol::{RoomId, UserId};
+use crate::storage::{keys, Cf, KeyWrite, Storage, StorageError};
+use link::{backoff, Conn, Link};
+use scripts::{dedup_field, log_key, shard_of, RoomKeys, Scripts, IDENTITY_KEY};
+
+/// Entries one log read takes at most.
+const READ_COUNT: usize = 512;
+/// How often the supervisor checks a healthy connection.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// The position of an entry in a shard's log: Redis stream id `<ms>-<seq>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition(u64, u64);
+
+impl LogPosition {
+    fn parse(id: &str) -> Option<LogPosition> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(LogPosition(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// How far this node has applied one shard's log.
+struct ShardProgress {
+    applied: Mutex<LogPosition>,
+    /// Notified whenever `applied` moves.
+    advanced: event_listener::Event,
+    /// Whether a read has found the log's end since start-up.
+    caught_up: AtomicBool,
+}
+
+/// The cluster handle the engine holds.
+pub struct Cluster {
+    config: ClusterConfig,
+    link: Link,
+    scripts: Scripts,
+    shards: Vec<ShardProgress>,
+    /// The data set this node's positions belong to, once known.
+    epoch: Mutex<Option<String>>,
+    /// Why this node cannot serve as a faithful replica (missed changes, Redis lost its
+    /// data, shard count differs): it stays not ready until an operator acts.
+    broken: Mutex<Option<String>>,
+}
+
+/// A change Redis has logged, not yet applied here.
+pub struct Pending {
+    cluster: Arc<Cluster>,
+    shard: u16,
+    position: LogPosition,
+}
+
+impl Pending {
+    /// Waits until this node has applied the change (and so made it durable and visible).
+    pub async fn applied(self) -> Result<(), Error> {
+        self.cluster.wait_applied(self.shard, self.position).await
+    }
+}
+
+/// What the send script decided.
+pub struct Decided {
+    pub stamp: Stamp,
+    /// False when the `client_msg_id` was seen before: `stamp` is the first send's.
+    pub created: bool,
+    pub pending: Pending,
+}
+
+/// Whether a room change was made now, or had been made before.
+pub enum Made {
+    Now,
+    Before,
+}
+
+impl Cluster {
+    /// Reads this node's log positions; connects later, in [`Cluster::keep_up`].
+    pub fn new(config: &ClusterConfig, storage: &Storage) -> Result<Cluster, StorageError> {
+        let url = config.redis_url.as_deref().unwrap_or_default();
+        let link = Link::new(url, config.redis_cluster).map_err(|e| StorageError::Corrupt {
+            cf: "config",
+            reason: format!("cluster.redis_url {url:?}: {e}"),
+        })?;
+        let shards = (0..config.shards)
+            .map(|shard| {
+                Ok(ShardProgress {
+                    applied: Mutex::new(
+                        storage
+                            .cluster_position(shard)?
+                            .map_or_else(LogPosition::default, |(ms, seq)| LogPosition(ms, seq)),
+                    ),
+                    advanced: event_listener::Event::new(),
+                    caught_up: AtomicBool::new(false),
+                })
+            })
+            .collect::<Result<_, StorageError>>()?;
+        Ok(Cluster {
+            config: config.clone(),
+            link,
+            scripts: Scripts::new(),
+            shards,
+            epoch: Mutex::new(storage.cluster_epoch()?),
+            broken: Mutex::new(None),
+        })
+    }
+
+    /// Redis is reachable, every log has been read to its end once, and nothing was missed.
+    pub fn is_ready(&self) -> bool {
+        self.link.current().is_some()
+            && self.broken().is_none()
+            && self
+                .shards
+                .iter()
+                .all(|shard| shard.caught_up.load(Ordering::Acquire))
+    }
+
+    fn broken(&self) -> Option<String> {
+        lock(&self.broken).clone()
+    }
+
+    fn set_broken(&self, why: String) {
+        log::error!("cluster: {why}; this node reports not ready until it is repaired");
+        *lock(&self.broken) = Some(why);
+    }
+
+    /// The command connection, or `unavailable`.
+    fn conn(&self) -> Result<Conn, Error> {
+        if let Some(why) = self.broken() {
+            return Err(Error::Unavailable(format!(
+                "this node is out of sync: {why}"
+            )));
+        }
+        self.link
+            .current()
+            .ok_or_else(|| Error::Unavailable("Redis is unreachable".into()))
+    }
+
+    /// A failed Redis call: the caller gets `unavailable`, and the connection is re-opened.
+    fn failed(&self, e: RedisError) -> Error {
+        log::warn!("cluster: Redis call failed: {e}");
+        self.link.broke();
+        Error::Unavailable(format!("Redis call failed: {e}"))
+    }
+
+    fn shard(&self, room_id: &RoomId) -> u16 {
+        shard_of(room_id, self.config.shards)
+    }
+
+    async fn wait_applied(&self, shard: u16, position: LogPosition) -> Result<(), Error> {
+        let progress = &self.shards[usize::from(shard)];
+        let deadline = Duration::from_millis(self.config.apply_timeout_ms);
+        let waited = smol::future::or(
+            async {
+                loop {
+                    let listener = progress.advanced.listen();
+                    if *lock(&progress.applied) >= position {
+                        return true;
+                    }
+                    listener.await;
+                }
+            },
+            async {
+                smol::Timer::after(deadline).await;
+                false
+            },
+        )
+        .await;
+        if waited {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "the change was logged but this node has not applied it within {deadline:?}; \
+                 it will be applied when the node catches up"
+            )))
+        }
+    }
+
+    fn pending(self: &Arc<Self>, shard: u16, id: &str) -> Result<Pending, Error> {
+        let position = LogPosition::parse(id)
+            .ok_or_else(|| Error::Internal(format!("Redis answered a bad log id {id:?}")))?;
+        Ok(Pending {
+            cluster: self.clone(),
+            shard,
+            position,
+        })
+    }
+
+    /// Asks Redis for the next seq of `room_id` and logs the message. `floor` is this
+    /// node's last stamp in the room, below which Redis never goes.
+    pub async fn send(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        body: &MessageBody,
+        floor: Stamp,
+    ) -> Result<Decided, Error> {
+        let shard = self.shard(room_id);
+        let keys = RoomKeys::new(room_id, shard);
+        let sender = body.sender.as_ref().map(UserId::as_str);
+        let dedup = body
+            .client_msg_id
+            .as_deref()
+            .map(|id| dedup_field(sender, id))
+            .unwrap_or_default();
+        let encoded = serde_json::to_string(body).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut conn = self.conn()?;
+        let answer: Vec<String> = self
+            .scripts
+            .send
+            .key(&keys.room)
+            .key(&keys.members)
+            .key(&keys.dedup)
+            .key(&keys.log)
+            .arg(room_id.as_str())
+            .arg(sender.unwrap_or(""))
+            .arg(dedup)
+            .arg(floor.seq)
+            .arg(floor.ts)
+            .arg(self.config.log_max_len)
+            .arg(encoded)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        match answer.as_slice() {
+            [word, seq, ts, id] if word == "new" || word == "repeat" => {
+                let number = |text: &str| {
+                    text.parse::<u64>().map_err(|_| {
+                        Error::Internal(format!("Redis answered a bad number {text:?}"))
+                    })
+                };
+                Ok(Decided {
+                    stamp: Stamp {
+                        seq: number(seq)?,
+                        ts: number(ts)?,
+                    },
+                    created: word == "new",
+                    pending: self.pending(shard, id)?,
+                })
+            }
+            other => Err(refusal(room_id, other)),
+        }
+    }
+
+    /// Runs a room-change script: `args` go between the room id and the change, `extra`
+    /// after it. Waits until this node has applied the change (or, when it was made
+    /// before, everything logged until now).
+    async fn change(
+        self: &Arc<Self>,
+        script: &redis::Script,
+        change: &RoomChange,
+        args: &[&str],
+        extra: &[&str],
+    ) -> Result<Made, Error> {
+        let room_id = change.room_id();
+        let shard = self.shard(room_id);
+        let keys = RoomKeys::new(room_id, shard);
+        let encoded = serde_json::to_string(change).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut invocation = script.key(&keys.room);
+        invocation
+            .key(&keys.members)
+            .key(&keys.log)
+            .arg(room_id.as_str());
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        invocation.arg(self.config.log_max_len).arg(encoded);
+        for arg in extra {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn()?;
+        let answer: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let (made, id) = match answer.as_slice() {
+            [word, id] if word == "changed" => (Made::Now, id),
+            [word, id] if word == "unchanged" => (Made::Before, id),
+            other => return Err(refusal(room_id, other)),
+        };
+        self.pending(shard, id)?.applied().await?;
+        Ok(made)
+    }
+
+    /// Creates a room (route or direct) unless it exists with the same kind and owner.
+    pub async fn create(self: &Arc<Self>, change: &RoomChange) -> Result<Made, Error> {
+        let RoomChange::Created {
+            kind,
+            owner,
+            members,
+            ..
+        } = change
+        else {
+            return Err(Error::Internal("create takes a Created change".into()));
+        };
+        let kind = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let owner = owner.as_ref().map(UserId::as_str).unwrap_or("");
+        let members: Vec<&str> = members.iter().map(UserId::as_str).collect();
+        self.change(&self.scripts.create, change, &[&kind, owner], &members)
+            .await
+    }
+
+    /// Joins, removes, closes or moves a read marker.
+    pub async fn update(self: &Arc<Self>, change: &RoomChange) -> Result<Made, Error> {
+        let (script, user) = match change {
+            RoomChange::Joined { user_id, .. } => (&self.scripts.join, Some(user_id)),
+            RoomChange::Left { user_id, .. } => (&self.scripts.leave, Some(user_id)),
+            RoomChange::Read { user_id, .. } => (&self.scripts.read, Some(user_id)),
+            RoomChange::Closed { .. } => (&self.scripts.close, None),
+            RoomChange::Created { .. } => return self.create(change).await,
+        };
+        let args: Vec<&str> = user.map(UserId::as_str).into_iter().collect();
+        self.change(script, change, &args, &[]).await
+    }
+
+    /// Keeps the command connection open: reconnects with backoff and jitter while Redis
+    /// is unreachable, checks the data set's identity on every connect, and pings.
+    pub async fn keep_up(&self, engine: &Engine) {
+        let mut attempt = 0;
+        loop {
+            let Some(mut conn) = self.link.current() else {
+                match self.link.open().await {
+                    Ok(conn) => {
+                        attempt = 0;
+                        log::info!("cluster: connected to Redis");
+                        if let Err(why) = self.check_identity(conn, engine).await {
+                            log::warn!("cluster: cannot check Redis's identity: {why}");
+                            self.link.broke();
+                        }
+                    }
+                    Err(e) => {
+                        if attempt == 0 {
+                            log::warn!("cluster: Redis is unreachable ({e}); retrying");
+                        }
+                        smol::Timer::after(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                }
+                continue;
+            };
+            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+            if let Err(e) = pong {
+                log::warn!("cluster: lost Redis ({e}); reconnecting");
+                self.link.broke();
+                continue;
+            }
+            self.link.until_broken(PING_EVERY).await;
+        }
+    }
+
+    /// Compares Redis's `<epoch> <shards>` with this node's; the first node to connect to
+    /// an empty Redis names the data set.
+    async fn check_identity(&self, mut conn: Conn, engine: &Engine) -> Result<(), RedisError> {
+        let proposal = format!("{:016x} {}", fastrand::u64(..), self.config.shards);
+        let _: Value = redis::cmd("SET")
+            .arg(IDENTITY_KEY)
+            .arg(&proposal)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        let identity: String = conn.get(IDENTITY_KEY).await?;
+        let (epoch, shards) = identity.split_once(' ').unwrap_or((&identity, ""));
+        if shards != self.config.shards.to_string() {
+            self.set_broken(format!(
+                "Redis's data set has {shards:?} shards and this node's cluster.shards is {}",
+                self.config.shards
+            ));
+            return Ok(());
+        }
+        let known = lock(&self.epoch).clone();
+        match known {
+            Some(known) if known == epoch => Ok(()),
+            Some(known) => {
+                self.set_broken(format!(
+                    "Redis's data set is {epoch} but this node's data follows {known}: Redis \
+                     lost its data (was it persisted?), or this data directory belongs to \
+                     another cluster"
+                ));
+                Ok(())
+            }
+            None => {
+                let write = KeyWrite::put(Cf::Meta, keys::META_CLUSTER_EPOCH, &epoch.to_owned());
+                if let Err(e) = engine.write_meta(vec![write]).await {
+                    log::warn!("cluster: cannot record the data set's name: {e}");
+                    return Ok(());
+                }
+                *lock(&self.epoch) = Some(epoch.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads shard `shard`'s log from this node's position and applies it, forever;
+    /// reconnects with backoff when the read fails.
+    pub async fn follow(&self, engine: &Engine, shard: u16) {
+        let key = log_key(shard);
+        let progress = &self.shards[usize::from(shard)];
+        let options = StreamReadOptions::default()
+            .count(READ_COUNT)
+            .block(link::READ_BLOCK.as_millis() as usize);
+        let mut attempt = 0;
+        loop {
+            // Positions mean nothing until they are known to belong to this Redis.
+            if lock(&self.epoch).is_none() || self.broken().is_some() {
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+            let mut conn = match self.link.dedicated().await {
+                Ok(conn) => conn,
+                Err(_) => {
+                    smol::Timer::after(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            loop {
+                let from = *lock(&progress.applied);
+                let read: Result<Option<StreamReadReply>, _> = conn
+                    .xread_options(&[&key], &[from.to_string()], &options)
+                    .await;
+                let entries = match read {
+                    Ok(reply) => reply
+                        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                        .unwrap_or_default(),
+                    Err(e) => {
+                        log::warn!("cluster: reading log {shard} failed: {e}");
+                        break;
+                    }
+                };
+                attempt = 0;
+                let at_end = entries.len() < READ_COUNT;
+                if let Err(e) = self.apply_entries(engine, shard, entries).await {
+                    log::warn!("cluster: applying log {shard} failed, retrying: {e}");
+                    smol::Timer::after(backoff(3)).await;
+                    continue;
+                }
+                if at_end {
+                    progress.caught_up.store(true, Ordering::Release);
+                }
+            }
+            smol::Timer::after(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Applies `entries` in order, waits until they are durable, then records the position.
+    async fn apply_entries(
+        &self,
+        engine: &Engine,
+        shard: u16,
+        entries: Vec<redis::streams::StreamId>,
+    ) -> Result<(), Error> {
+        let Some(last) = entries.last().and_then(|e| LogPosition::parse(&e.id)) else {
+            return Ok(());
+        };
+        let mut completions = Vec::new();
+        for entry in &entries {
+            let change = match change_of(entry) {
+                Ok(change) => change,
+                Err(why) => {
+                    // Only a newer node's entry could fail to parse: skip it, loudly.
+                    log::error!("cluster: skipping log {shard} entry {}: {why}", entry.id);
+                    continue;
+                }
+            };
+            let Applied { completion, gap } = engine.apply(change).await;
+            if let Some(missing) = gap {
+                self.set_broken(format!(
+                    "log {shard} no longer holds {missing} (the node was away longer than \
+                     cluster.log_max_len entries)"
+                ));
+            }
+            completions.extend(completion);
+        }
+        for completion in completions {
+            completion.wait().await?;
+        }
+        let position = KeyWrite::put(Cf::Meta, &keys::cluster_position(shard), &(last.0, last.1));
+        engine.write_meta(vec![position]).await?;
+        let progress = &self.shards[usize::from(shard)];
+        *lock(&progress.applied) = last;
+        progress.advanced.notify(usize::MAX);
+        Ok(())
+    }
+}
+
+impl RoomChange {
+    pub fn room_id(&self) -> &RoomId {
+        match self {
+            RoomChange::Created { room_id, .. }
+            | RoomChange::Joined { room_id, .. }
+            | RoomChange::Left { room_id, .. }
+            | RoomChange::Closed { room_id, .. }
+            | RoomChange::Read { room_id, .. } => room_id,
+        }
+    }
+}
+
+/// The change one log entry carries.
+fn change_of(entry: &redis::streams::StreamId) -> Result<Change, String> {
+    let field = |name: &str| -> Result<String, String> {
+        entry
+            .get::<String>(name)
+            .ok_or_else(|| format!("no {name} field"))
+    };
+    if let Ok(change) = field("change") {
+        return serde_json::from_str(&change)
+            .map(Change::Room)
+            .map_err(|e| e.to_string());
+    }
+    let room_id = RoomId::parse(&field("room")?).map_err(|e| e.to_string())?;
+    let number = |name: &str| -> Result<u64, String> {
+        field(name)?.parse().map_err(|_| format!("bad {name}"))
+    };
+    let stamp = Stamp {
+        seq: number("seq")?,
+        ts: number("ts")?,
+    };
+    let body = serde_json::from_str(&field("message")?).map_err(|e| e.to_string())?;
+    Ok(Change::Message {
+        room_id,
+        stamp,
+        body,
+    })
+}
+
+/// The error for a script's refusal.
+fn refusal(room_id: &RoomId, answer: &[String]) -> Error {
+    match answer.first().map(String::as_str) {
+        Some("not_found") => Error::room_not_found(room_id.as_str()),
+        Some("not_member") => Error::NotMember(room_id.to_string()),
+        Some("conflict") => crate::engine::membership::owner_conflict(room_id),
+        Some("closed") => crate::engine::membership::closed_id_reused(room_id),
+        Some("forbidden") => crate::engine::membership::direct_unchangeable(),
+        _ => Error::Internal(format!("Redis answered {answer:?}")),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_positions_order_by_time_then_sequence() {
+        let p = |s| LogPosition::parse(s).unwrap();
+        assert!(p("5-0") < p("5-1"));
+        assert!(p("5-9") < p("10-0"), "numeric, not text, order");
+        assert_eq!(p("1700000000000-3").to_string(), "1700000000000-3");
+        assert_eq!(LogPosition::parse("nope"), None);
+        assert_eq!(LogPosition::default(), p("0-0"));
+    }
+}

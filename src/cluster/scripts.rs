@@ -1,0 +1,212 @@
+//! What chat-engine keeps in Redis, and the Lua scripts that decide every change there.
+//!
+//! Rooms are spread over `cluster.shards` shards by a hash of their id. Every key of a shard
+//! carries the hash tag `{ce:<shard>}`, so each script touches keys of one Redis Cluster
+//! slot only:
+//!
+//! - `ce:{ce:S}:room:<room id>`: hash `state` (`open` or `closed`), `kind`, `owner` (empty
+//!   for direct rooms), and the last `seq` and `ts` handed out;
+//! - `ce:{ce:S}:members:<room id>`: set of user ids;
+//! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`;
+//! - `ce:{ce:S}:log`: the shard's log, a stream capped at about `cluster.log_max_len`
+//!   entries. Each entry has `room`, and either `change` (a JSON `RoomChange`) or `seq`,
+//!   `ts` and `message` (a JSON `MessageBody`).
+//!
+//! `ce:identity` (no tag) holds `<epoch> <shards>`: the data set's random name, which tells
+//! a node whether the positions it stored belong to this Redis, and the shard count every
+//! node must share.
+//!
+//! Each script checks, decides, and appends the change to the log in one atomic step. A
+//! change that was already made appends nothing and answers `unchanged` with the log's
+//! last id, so the caller can wait until its node has applied everything up to there.
+
+use redis::Script;
+use sha2::{Digest, Sha256};
+
+use crate::protocol::RoomId;
+
+/// The shard that holds `room_id`'s keys and log entries.
+pub fn shard_of(room_id: &RoomId, shards: u16) -> u16 {
+    let digest = Sha256::digest(room_id.as_str().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % u64::from(shards)) as u16
+}
+
+pub const IDENTITY_KEY: &str = "ce:identity";
+
+/// The keys of one room, all in its shard's slot.
+pub struct RoomKeys {
+    pub room: String,
+    pub members: String,
+    pub dedup: String,
+    pub log: String,
+}
+
+impl RoomKeys {
+    pub fn new(room_id: &RoomId, shard: u16) -> RoomKeys {
+        RoomKeys {
+            room: format!("ce:{{ce:{shard}}}:room:{room_id}"),
+            members: format!("ce:{{ce:{shard}}}:members:{room_id}"),
+            dedup: format!("ce:{{ce:{shard}}}:dedup:{room_id}"),
+            log: log_key(shard),
+        }
+    }
+}
+
+pub fn log_key(shard: u16) -> String {
+    format!("ce:{{ce:{shard}}}:log")
+}
+
+/// The `dedup` field of a sender (empty for RouteAPI) and `client_msg_id`: the sender's
+/// length first, so no two pairs make the same field.
+pub fn dedup_field(sender: Option<&str>, client_msg_id: &str) -> String {
+    let sender = sender.unwrap_or("");
+    format!("{}:{sender}{client_msg_id}", sender.len())
+}
+
+/// Helpers every script starts with.
+const PRELUDE: &str = r#"
+local function last_id(log)
+  local last = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  if #last == 0 then return '0-0' end
+  return last[1][1]
+end
+local function append(log, max_len, ...)
+  return redis.call('XADD', log, 'MAXLEN', '~', max_len, '*', ...)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
+/// KEYS: room, members, dedup, log. ARGV: room id, sender ('' for RouteAPI), dedup field
+/// ('' for none), floor seq, floor ts (the asking node's last; never go below them), max
+/// log length, message body.
+/// Answers `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`, or an error word.
+const SEND: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {'not_found'} end
+if ARGV[2] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
+  return {'not_member'}
+end
+if ARGV[3] ~= '' then
+  local known = redis.call('HGET', KEYS[3], ARGV[3])
+  if known then
+    local seq, ts = string.match(known, '^(%d+) (%d+)$')
+    return {'repeat', seq, ts, last_id(KEYS[4])}
+  end
+end
+local last = redis.call('HMGET', KEYS[1], 'seq', 'ts')
+local seq = math.max(tonumber(last[1]), tonumber(ARGV[4])) + 1
+local ts = math.max(now_ms(), tonumber(last[2]) + 1, tonumber(ARGV[5]) + 1)
+seq, ts = string.format('%d', seq), string.format('%d', ts)
+redis.call('HSET', KEYS[1], 'seq', seq, 'ts', ts)
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[3], seq .. ' ' .. ts) end
+local id = append(KEYS[4], ARGV[6], 'room', ARGV[1], 'seq', seq, 'ts', ts, 'message', ARGV[7])
+return {'new', seq, ts, id}
+"#;
+
+/// KEYS: room, members, log. ARGV: room id, kind, owner ('' for none), max log length,
+/// change, then the members.
+const CREATE: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'closed' then return {'closed'} end
+if state == 'open' then
+  local room = redis.call('HMGET', KEYS[1], 'kind', 'owner')
+  if room[1] ~= ARGV[2] or room[2] ~= ARGV[3] then return {'conflict'} end
+  return {'unchanged', last_id(KEYS[3])}
+end
+redis.call('HSET', KEYS[1], 'state', 'open', 'kind', ARGV[2], 'owner', ARGV[3], 'seq', '0', 'ts', '0')
+for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return {'changed', append(KEYS[3], ARGV[4], 'room', ARGV[1], 'change', ARGV[5])}
+"#;
+
+/// KEYS: room, members, log. ARGV: room id, user, max log length, change.
+const JOIN: &str = r#"
+local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
+if room[1] ~= 'open' then return {'not_found'} end
+if room[2] == 'direct' then return {'forbidden'} end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(KEYS[3])} end
+return {'changed', append(KEYS[3], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
+"#;
+
+/// KEYS: room, members, log. ARGV: room id, user, max log length, change.
+const LEAVE: &str = r#"
+local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
+if room[1] ~= 'open' then return {'not_found'} end
+if room[2] == 'direct' then return {'forbidden'} end
+if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(KEYS[3])} end
+return {'changed', append(KEYS[3], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
+"#;
+
+/// KEYS: room, members, log. ARGV: room id, max log length, change.
+const CLOSE: &str = r#"
+local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
+if room[1] ~= 'open' then return {'unchanged', last_id(KEYS[3])} end
+if room[2] == 'direct' then return {'forbidden'} end
+redis.call('HSET', KEYS[1], 'state', 'closed')
+redis.call('DEL', KEYS[2])
+return {'changed', append(KEYS[3], ARGV[2], 'room', ARGV[1], 'change', ARGV[3])}
+"#;
+
+/// KEYS: room, members, log. ARGV: room id, user, max log length, change.
+const READ: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {'not_found'} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then return {'not_member'} end
+return {'changed', append(KEYS[3], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
+"#;
+
+/// The scripts, each loaded into Redis once per connection (EVALSHA, then EVAL on
+/// NOSCRIPT, which `redis::Script` does by itself).
+pub struct Scripts {
+    pub send: Script,
+    pub create: Script,
+    pub join: Script,
+    pub leave: Script,
+    pub close: Script,
+    pub read: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Scripts {
+            send: script(SEND),
+            create: script(CREATE),
+            join: script(JOIN),
+            leave: script(LEAVE),
+            close: script(CLOSE),
+            read: script(READ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let room = RoomId::parse("route-1").unwrap();
+        assert_eq!(shard_of(&room, 16), shard_of(&room, 16));
+        let used: std::collections::HashSet<u16> = (0..200)
+            .map(|i| shard_of(&RoomId::parse(&format!("r{i}")).unwrap(), 16))
+            .collect();
+        assert_eq!(used.len(), 16, "200 rooms reach every one of 16 shards");
+    }
+
+    #[test]
+    fn a_rooms_keys_share_one_hash_tag() {
+        let keys = RoomKeys::new(&RoomId::parse("r").unwrap(), 3);
+        for key in [&keys.room, &keys.members, &keys.dedup, &keys.log] {
+            assert!(key.starts_with("ce:{ce:3}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn dedup_fields_do_not_collide() {
+        assert_ne!(dedup_field(Some("ab"), "c"), dedup_field(Some("a"), "bc"));
+        assert_ne!(dedup_field(None, "c"), dedup_field(Some("c"), ""));
+    }
+}
