@@ -2,6 +2,8 @@
 //! helper and a blocking WebSocket client, all written only from PROTOCOL.md.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
