@@ -28,9 +28,14 @@ impl std::ops::Deref for Node {
 
 impl Node {
     fn start(redis_url: &str, redis_cluster: bool) -> Node {
+        Self::start_with(redis_url, redis_cluster, "")
+    }
+
+    /// [`Node::start`] with more `[cluster]` keys.
+    fn start_with(redis_url: &str, redis_cluster: bool, cluster_keys: &str) -> Node {
         let config = config_toml(&format!(
             "[limits]\nsend_rate = 10000\n[cluster]\nredis_url = \"{redis_url}\"\n\
-             redis_cluster = {redis_cluster}\nshards = 4\n"
+             redis_cluster = {redis_cluster}\nshards = 4\n{cluster_keys}\n"
         ));
         let data = tempfile::tempdir().unwrap();
         let process = Process::start(data.path(), &config);
@@ -43,10 +48,14 @@ impl Node {
         node
     }
 
-    /// Kills the node with SIGKILL and starts it again on its data directory.
-    fn restart_after_kill(&mut self) {
+    /// SIGKILL, and wait until it is gone.
+    fn kill(&mut self) {
         self.process.kill_9();
         self.process.wait();
+    }
+
+    /// Starts the node again on its data directory and config.
+    fn start_again(&mut self) {
         self.process = Process::start(self.data.path(), &self.config);
     }
 
@@ -289,4 +298,214 @@ fn concurrent_senders_on_two_nodes_share_one_gapless_order() {
     );
     let texts: HashSet<&String> = orders[0].iter().map(|(_, text)| text).collect();
     assert_eq!(texts.len(), total as usize, "each message once");
+}
+
+/// Posts to `room` through `node` from a thread until `stop`, each message with its own
+/// `client_msg_id`; returns the acknowledged (seq, text) pairs and how many were refused.
+fn post_until(
+    node: &Node,
+    room: &'static str,
+    tag: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<(u64, String)>, usize)> {
+    let endpoint = (*node.process).clone();
+    std::thread::spawn(move || {
+        let (mut acked, mut refused) = (Vec::new(), 0);
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let text = format!("{tag}-{i}");
+            let (status, reply) = endpoint.rest(
+                "POST",
+                &format!("/v1/rooms/{room}/messages"),
+                Some(json!({"text": text, "client_msg_id": text})),
+            );
+            match status {
+                201 => acked.push((reply["message"]["seq"].as_u64().unwrap(), text)),
+                503 => {
+                    assert_eq!(reply["code"], "unavailable", "{reply}");
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("POST answered {other}: {reply}"),
+            }
+            i += 1;
+        }
+        (acked, refused)
+    })
+}
+
+/// Asserts that `node` holds every acknowledged message, each once, under its seq.
+#[track_caller]
+fn assert_holds(node: &Node, room: &str, acked: &[(u64, String)]) {
+    let history = node.history_of_size(room, acked.len());
+    for (seq, text) in acked {
+        assert_eq!(
+            history.get(seq).and_then(|m| m["text"].as_str()),
+            Some(text.as_str()),
+            "acknowledged message {seq} ({text}) is missing or different"
+        );
+    }
+    let texts: HashSet<&str> = history
+        .values()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), history.len(), "no message stored twice");
+}
+
+#[test]
+fn redis_killed_and_restarted_under_load_loses_no_acknowledged_message() {
+    if !available("redis_killed_and_restarted_under_load_loses_no_acknowledged_message") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let (a, b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    a.create_room("load", "driver");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders = [
+        post_until(&a, "load", "via-a", stop.clone()),
+        post_until(&b, "load", "via-b", stop.clone()),
+    ];
+    std::thread::sleep(Duration::from_millis(700));
+    redis.kill_9();
+    // While Redis is away: not ready, and sends answer `unavailable`, never a false 201.
+    a.wait_ready(false);
+    b.wait_ready(false);
+    let (status, reply) = post(&a, "load", json!({"text": "while down"}));
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (503, Some("unavailable")),
+        "{reply}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    // Both nodes find Redis again by themselves.
+    a.wait_ready(true);
+    b.wait_ready(true);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for sender in senders {
+        let (ok, no) = sender.join().unwrap();
+        acked.extend(ok);
+        refused += no;
+    }
+    assert!(refused > 0, "the outage was seen by the senders");
+    assert!(
+        acked.len() > 20,
+        "messages were acknowledged: {}",
+        acked.len()
+    );
+    let seqs: HashSet<u64> = acked.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs.len(), acked.len(), "no seq acknowledged twice");
+    for node in [&a, &b] {
+        assert_holds(node, "load", &acked);
+    }
+    let last = a.post_message("load", json!({"text": "after"}))["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        seqs.iter().all(|seq| *seq < last),
+        "seqs go on from the last one"
+    );
+}
+
+#[test]
+fn a_node_killed_and_restarted_catches_up_by_itself() {
+    if !available("a_node_killed_and_restarted_catches_up_by_itself") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, mut b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    a.create_room("trip", "driver");
+    a.post_message("trip", json!({"text": "before"}));
+    b.history_of_size("trip", 1);
+    b.kill();
+    let acked: Vec<(u64, String)> = (0..30)
+        .map(|i| {
+            let text = format!("while B was down {i}");
+            let message = a.post_message("trip", json!({"text": text}));
+            (message["seq"].as_u64().unwrap(), text)
+        })
+        .collect();
+    a.add_member("trip", "late-rider");
+    b.start_again();
+    b.wait_ready(true);
+    assert_holds(&b, "trip", &acked);
+    let (_, room) = b.rest("GET", "/v1/rooms/trip", None);
+    assert_eq!(common::members(&room), ["driver", "late-rider"]);
+    // And it takes part again at once: its own send is seen on A.
+    let mut rider = b.ws("late-rider");
+    assert_eq!(rider.send_msg("trip", "back")["seq"], 32);
+    assert_eq!(a.history_of_size("trip", 32)[&32]["text"], "back");
+}
+
+#[test]
+fn a_node_away_longer_than_the_log_keeps_says_so_and_stays_not_ready() {
+    if !available("a_node_away_longer_than_the_log_keeps_says_so_and_stays_not_ready") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let short = "log_max_len = 1000";
+    let a = Node::start_with(&redis.url(), false, short);
+    let mut b = Node::start_with(&redis.url(), false, short);
+    a.create_room("long", "driver");
+    b.kill();
+    // 3,000 messages in one room trim its shard's log past B's position.
+    a.post_in_parallel("long", "m", 6, 500, |t, i| format!("{t}-{i}"));
+    b.start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.stderr_text().contains("no longer holds") {
+        assert!(
+            Instant::now() < deadline,
+            "no gap reported: {}",
+            b.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !b.ready(),
+        "a node with a gap stays out of the load balancer"
+    );
+    let (status, reply) = post(&b, "long", json!({"text": "x"}));
+    assert_eq!((status, reply["code"].as_str()), (503, Some("unavailable")));
+}
+
+#[test]
+fn a_redis_cluster_of_three_masters_serves_rooms_on_every_slot() {
+    if !available("a_redis_cluster_of_three_masters_serves_rooms_on_every_slot") {
+        return;
+    }
+    let redis = RedisCluster::start(3);
+    let (a, b) = (
+        Node::start(&redis.url(), true),
+        Node::start(&redis.url(), true),
+    );
+    // Sixteen rooms cover the four shards, which the three masters share.
+    let rooms: Vec<String> = (0..16).map(|i| format!("spread-{i}")).collect();
+    for room in &rooms {
+        a.create_room(room, "driver");
+        b.add_member(room, "rider");
+    }
+    let mut rider = b.ws("rider");
+    for room in &rooms {
+        a.post_message(room, json!({"text": format!("to {room}")}));
+        let push = rider.expect_push("message");
+        assert_eq!(push["message"]["text"], format!("to {room}"));
+        let reply = rider.send_msg(room, "ok");
+        assert_eq!(reply["seq"], 2);
+        assert_eq!(rider.expect_push("message")["message"]["text"], "ok");
+    }
+    for room in &rooms {
+        let history = a.history_of_size(room, 2);
+        assert_eq!(history.len(), 2, "{room} on A");
+        assert_eq!(history[&2]["text"], "ok");
+    }
 }
