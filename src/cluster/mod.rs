@@ -11,7 +11,7 @@
 mod link;
 mod scripts;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,12 +25,16 @@ use crate::error::Error;
 use crate::protocol::{RoomId, UserId};
 use crate::storage::{keys, Cf, KeyWrite, Storage, StorageError};
 use link::{backoff, Conn, Link};
-use scripts::{dedup_field, log_key, shard_of, RoomKeys, Scripts, IDENTITY_KEY};
+use scripts::{
+    dedup_field, log_key, shard_of, typing_key, RoomKeys, Scripts, IDENTITY_KEY, TYPING_LOG_LEN,
+};
 
 /// Entries one log read takes at most.
 const READ_COUNT: usize = 512;
 /// How often the supervisor checks a healthy connection.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// Typing indicators on their way to Redis at once; more are dropped, as typing may be.
+const MAX_TYPING_IN_FLIGHT: usize = 256;
 
 /// The position of an entry in a shard's log: Redis stream id `<ms>-<seq>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,6 +73,7 @@ pub struct Cluster {
     /// Why this node cannot serve as a faithful replica (missed changes, Redis lost its
     /// data, shard count differs): it stays not ready until an operator acts.
     broken: Mutex<Option<String>>,
+    typing_in_flight: AtomicUsize,
 }
 
 /// A change Redis has logged, not yet applied here.
@@ -127,6 +132,7 @@ impl Cluster {
             shards,
             epoch: Mutex::new(storage.cluster_epoch()?),
             broken: Mutex::new(None),
+            typing_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -229,14 +235,8 @@ impl Cluster {
             .unwrap_or_default();
         let encoded = serde_json::to_string(body).map_err(|e| Error::Internal(e.to_string()))?;
         let mut conn = self.conn()?;
-        let answer: Vec<String> = self
-            .scripts
-            .send
-            .key(&keys.room)
-            .key(&keys.members)
-            .key(&keys.dedup)
-            .key(&keys.log)
-            .arg(room_id.as_str())
+        let answer: Vec<String> = keys
+            .invoke(&self.scripts.send, room_id)
             .arg(sender.unwrap_or(""))
             .arg(dedup)
             .arg(floor.seq)
@@ -280,11 +280,7 @@ impl Cluster {
         let shard = self.shard(room_id);
         let keys = RoomKeys::new(room_id, shard);
         let encoded = serde_json::to_string(change).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut invocation = script.key(&keys.room);
-        invocation
-            .key(&keys.members)
-            .key(&keys.log)
-            .arg(room_id.as_str());
+        let mut invocation = keys.invoke(script, room_id);
         for arg in args {
             invocation.arg(*arg);
         }
@@ -338,6 +334,37 @@ impl Cluster {
         };
         let args: Vec<&str> = user.map(UserId::as_str).into_iter().collect();
         self.change(script, change, &args, &[]).await
+    }
+
+    /// Sends a typing indicator to every node (this one included), best effort: dropped
+    /// while Redis is unreachable or too many are on their way.
+    pub fn typing(self: &Arc<Self>, room_id: &RoomId, user: &UserId) {
+        let Ok(mut conn) = self.conn() else {
+            return;
+        };
+        if self.typing_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_TYPING_IN_FLIGHT {
+            self.typing_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(typing_key(self.shard(room_id)))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(TYPING_LOG_LEN)
+            .arg("*")
+            .arg("room")
+            .arg(room_id.as_str())
+            .arg("user")
+            .arg(user.as_str());
+        let cluster = self.clone();
+        smol::spawn(async move {
+            let added: Result<Value, _> = xadd.query_async(&mut conn).await;
+            if let Err(e) = added {
+                log::debug!("cluster: typing indicator dropped: {e}");
+            }
+            cluster.typing_in_flight.fetch_sub(1, Ordering::AcqRel);
+        })
+        .detach();
     }
 
     /// Keeps the command connection open: reconnects with backoff and jitter while Redis
@@ -420,7 +447,7 @@ impl Cluster {
     /// Reads shard `shard`'s log from this node's position and applies it, forever;
     /// reconnects with backoff when the read fails.
     pub async fn follow(&self, engine: &Engine, shard: u16) {
-        let key = log_key(shard);
+        let (log, typing) = (log_key(shard), typing_key(shard));
         let progress = &self.shards[usize::from(shard)];
         let options = StreamReadOptions::default()
             .count(READ_COUNT)
@@ -440,21 +467,54 @@ impl Cluster {
                     continue;
                 }
             };
+            // Typing is read from wherever its stream ends now: never replayed.
+            let newest: Result<redis::streams::StreamRangeReply, _> =
+                conn.xrevrange_count(&typing, "+", "-", 1).await;
+            let mut typing_from = match newest {
+                Ok(reply) => reply.ids.first().map_or("0-0".to_owned(), |e| e.id.clone()),
+                Err(e) => {
+                    log::warn!("cluster: reading typing {shard} failed: {e}");
+                    smol::Timer::after(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
             loop {
-                let from = *lock(&progress.applied);
+                let from = lock(&progress.applied).to_string();
+                // Both streams share the shard's hash tag, so one read serves them.
                 let read: Result<Option<StreamReadReply>, _> = conn
-                    .xread_options(&[&key], &[from.to_string()], &options)
+                    .xread_options(&[&log, &typing], &[&from, &typing_from], &options)
                     .await;
-                let entries = match read {
-                    Ok(reply) => reply
-                        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                        .unwrap_or_default(),
+                let streams = match read {
+                    Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
                     Err(e) => {
                         log::warn!("cluster: reading log {shard} failed: {e}");
                         break;
                     }
                 };
                 attempt = 0;
+                let mut entries = Vec::new();
+                for stream in streams {
+                    if stream.key == typing {
+                        if let Some(last) = stream.ids.last() {
+                            typing_from = last.id.clone();
+                        }
+                        for entry in &stream.ids {
+                            if let (Some(room), Some(user)) = (
+                                entry
+                                    .get::<String>("room")
+                                    .and_then(|r| RoomId::parse(&r).ok()),
+                                entry
+                                    .get::<String>("user")
+                                    .and_then(|u| UserId::parse(&u).ok()),
+                            ) {
+                                engine.push_typing(&room, &user);
+                            }
+                        }
+                    } else {
+                        entries = stream.ids;
+                    }
+                }
                 let at_end = entries.len() < READ_COUNT;
                 if let Err(e) = self.apply_entries(engine, shard, entries).await {
                     log::warn!("cluster: applying log {shard} failed, retrying: {e}");

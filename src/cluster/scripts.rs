@@ -7,10 +7,13 @@
 //! - `ce:{ce:S}:room:<room id>`: hash `state` (`open` or `closed`), `kind`, `owner` (empty
 //!   for direct rooms), and the last `seq` and `ts` handed out;
 //! - `ce:{ce:S}:members:<room id>`: set of user ids;
-//! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`;
+//! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`,
+//!   deleted with the members when the room closes;
 //! - `ce:{ce:S}:log`: the shard's log, a stream capped at about `cluster.log_max_len`
 //!   entries. Each entry has `room`, and either `change` (a JSON `RoomChange`) or `seq`,
-//!   `ts` and `message` (a JSON `MessageBody`).
+//!   `ts` and `message` (a JSON `MessageBody`);
+//! - `ce:{ce:S}:typing`: typing indicators (`room`, `user`), a stream capped at about
+//!   [`TYPING_LOG_LEN`] entries, read only from its end: best effort, never replayed.
 //!
 //! `ce:identity` (no tag) holds `<epoch> <shards>`: the data set's random name, which tells
 //! a node whether the positions it stored belong to this Redis, and the shard count every
@@ -20,7 +23,7 @@
 //! change that was already made appends nothing and answers `unchanged` with the log's
 //! last id, so the caller can wait until its node has applied everything up to there.
 
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::RoomId;
@@ -52,11 +55,30 @@ impl RoomKeys {
             log: log_key(shard),
         }
     }
+
+    /// `script` with these keys in the order every script takes them, and the room id as
+    /// its first argument.
+    pub fn invoke<'a>(&self, script: &'a Script, room_id: &RoomId) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.room);
+        invocation
+            .key(&self.members)
+            .key(&self.dedup)
+            .key(&self.log)
+            .arg(room_id.as_str());
+        invocation
+    }
 }
 
 pub fn log_key(shard: u16) -> String {
     format!("ce:{{ce:{shard}}}:log")
 }
+
+pub fn typing_key(shard: u16) -> String {
+    format!("ce:{{ce:{shard}}}:typing")
+}
+
+/// Typing entries a shard keeps: they are read as they come, so a few suffice.
+pub const TYPING_LOG_LEN: u64 = 1_000;
 
 /// The `dedup` field of a sender (empty for RouteAPI) and `client_msg_id`: the sender's
 /// length first, so no two pairs make the same field.
@@ -107,7 +129,7 @@ local id = append(KEYS[4], ARGV[6], 'room', ARGV[1], 'seq', seq, 'ts', ts, 'mess
 return {'new', seq, ts, id}
 "#;
 
-/// KEYS: room, members, log. ARGV: room id, kind, owner ('' for none), max log length,
+/// KEYS: room, members, dedup, log. ARGV: room id, kind, owner ('' for none), max log length,
 /// change, then the members.
 const CREATE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -115,46 +137,46 @@ if state == 'closed' then return {'closed'} end
 if state == 'open' then
   local room = redis.call('HMGET', KEYS[1], 'kind', 'owner')
   if room[1] ~= ARGV[2] or room[2] ~= ARGV[3] then return {'conflict'} end
-  return {'unchanged', last_id(KEYS[3])}
+  return {'unchanged', last_id(KEYS[4])}
 end
 redis.call('HSET', KEYS[1], 'state', 'open', 'kind', ARGV[2], 'owner', ARGV[3], 'seq', '0', 'ts', '0')
 for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-return {'changed', append(KEYS[3], ARGV[4], 'room', ARGV[1], 'change', ARGV[5])}
+return {'changed', append(KEYS[4], ARGV[4], 'room', ARGV[1], 'change', ARGV[5])}
 "#;
 
-/// KEYS: room, members, log. ARGV: room id, user, max log length, change.
+/// KEYS: room, members, dedup, log. ARGV: room id, user, max log length, change.
 const JOIN: &str = r#"
 local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
 if room[1] ~= 'open' then return {'not_found'} end
 if room[2] == 'direct' then return {'forbidden'} end
-if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(KEYS[3])} end
-return {'changed', append(KEYS[3], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(KEYS[4])} end
+return {'changed', append(KEYS[4], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
 "#;
 
-/// KEYS: room, members, log. ARGV: room id, user, max log length, change.
+/// KEYS: room, members, dedup, log. ARGV: room id, user, max log length, change.
 const LEAVE: &str = r#"
 local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
 if room[1] ~= 'open' then return {'not_found'} end
 if room[2] == 'direct' then return {'forbidden'} end
-if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(KEYS[3])} end
-return {'changed', append(KEYS[3], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
+if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(KEYS[4])} end
+return {'changed', append(KEYS[4], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
 "#;
 
-/// KEYS: room, members, log. ARGV: room id, max log length, change.
+/// KEYS: room, members, dedup, log. ARGV: room id, max log length, change.
 const CLOSE: &str = r#"
 local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
-if room[1] ~= 'open' then return {'unchanged', last_id(KEYS[3])} end
+if room[1] ~= 'open' then return {'unchanged', last_id(KEYS[4])} end
 if room[2] == 'direct' then return {'forbidden'} end
 redis.call('HSET', KEYS[1], 'state', 'closed')
-redis.call('DEL', KEYS[2])
-return {'changed', append(KEYS[3], ARGV[2], 'room', ARGV[1], 'change', ARGV[3])}
+redis.call('DEL', KEYS[2], KEYS[3])
+return {'changed', append(KEYS[4], ARGV[2], 'room', ARGV[1], 'change', ARGV[3])}
 "#;
 
-/// KEYS: room, members, log. ARGV: room id, user, max log length, change.
+/// KEYS: room, members, dedup, log. ARGV: room id, user, max log length, change.
 const READ: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {'not_found'} end
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then return {'not_member'} end
-return {'changed', append(KEYS[3], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
+return {'changed', append(KEYS[4], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
 "#;
 
 /// The scripts, each loaded into Redis once per connection (EVALSHA, then EVAL on
@@ -199,7 +221,8 @@ mod tests {
     #[test]
     fn a_rooms_keys_share_one_hash_tag() {
         let keys = RoomKeys::new(&RoomId::parse("r").unwrap(), 3);
-        for key in [&keys.room, &keys.members, &keys.dedup, &keys.log] {
+        let typing = typing_key(3);
+        for key in [&keys.room, &keys.members, &keys.dedup, &keys.log, &typing] {
             assert!(key.starts_with("ce:{ce:3}:"), "{key}");
         }
     }

@@ -282,10 +282,28 @@ impl Engine {
     /// `typing`: tells the room's other members, best effort (never stored).
     pub fn typing(&self, user: &UserId, room_id: &RoomId) -> Result<(), Error> {
         let room = self.open_room(room_id)?;
+        if !room.state().is_member(user) {
+            return Err(Error::NotMember(room_id.to_string()));
+        }
+        // In cluster mode it reaches every node's members through Redis, this node's too.
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = self.cluster() {
+            cluster.typing(room_id, user);
+            return Ok(());
+        }
+        self.push_typing(room_id, user);
+        Ok(())
+    }
+
+    /// Pushes `typing` to the members of `room_id` other than `user`, if `user` is one.
+    pub(crate) fn push_typing(&self, room_id: &RoomId, user: &UserId) {
+        let Some(room) = self.room(room_id) else {
+            return;
+        };
         let audience = {
             let state = room.state();
             if !state.is_member(user) {
-                return Err(Error::NotMember(room_id.to_string()));
+                return;
             }
             state.audience.clone()
         };
@@ -296,7 +314,6 @@ impl Engine {
         self.inner
             .connections
             .deliver(&audience, Some(user), &frame, Priority::Droppable);
-        Ok(())
     }
 
     /// `rooms`: every room of the user with its unread count, most recently active first.
