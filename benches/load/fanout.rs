@@ -34,6 +34,8 @@ pub struct Outcome {
     pub sent_per_s: f64,
     pub deliveries_per_s: f64,
     pub latency_us: Histogram<u64>,
+    /// Deliveries to members on another node than the sender's (cluster targets only).
+    pub cross_node_latency_us: Histogram<u64>,
     pub lost: u64,
     pub duplicated: u64,
     /// `error` replies, and the first one.
@@ -46,6 +48,7 @@ struct Tally {
     measuring: Cell<bool>,
     deliveries: Cell<u64>,
     latency_us: RefCell<Histogram<u64>>,
+    cross_node_latency_us: RefCell<Histogram<u64>>,
     duplicated: Cell<u64>,
     gaps: Cell<u64>,
     errors: Cell<u64>,
@@ -95,6 +98,10 @@ fn send_frame(kind: Kind, room: &str, number: u64, micros: u64) -> String {
     }
 }
 
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")
+}
+
 static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub fn run(target: &Target, shape: Shape, load: Load, measure: Duration) -> Outcome {
@@ -126,7 +133,8 @@ async fn drive(
     let tally = Rc::new(Tally {
         measuring: Cell::new(false),
         deliveries: Cell::new(0),
-        latency_us: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")),
+        latency_us: RefCell::new(histogram()),
+        cross_node_latency_us: RefCell::new(histogram()),
         duplicated: Cell::new(0),
         gaps: Cell::new(0),
         errors: Cell::new(0),
@@ -154,7 +162,10 @@ async fn drive(
         let sent = Rc::new(Cell::new(0u64));
         room_sent.push(sent.clone());
         for (m, member) in members.iter().enumerate() {
-            let socket = connect(&target.ws_url(member, room), target.addr).await;
+            // Members take the nodes in turn; each room's sender is on the first.
+            let node = m % target.nodes();
+            let url = target.ws_url_on(member, room, node);
+            let socket = connect(&url, target.node_addr(node)).await;
             let (sink, mut stream) = socket.split();
             let tally = tally.clone();
             let is_sender = m == 0;
@@ -181,6 +192,9 @@ async fn drive(
                             tally.deliveries.set(tally.deliveries.get() + 1);
                             let latency = micros().saturating_sub(sent_at).max(1);
                             let _ = tally.latency_us.borrow_mut().record(latency);
+                            if node != 0 {
+                                let _ = tally.cross_node_latency_us.borrow_mut().record(latency);
+                            }
                         }
                         if is_sender {
                             let _ = tokens.try_send(());
@@ -283,11 +297,13 @@ async fn drive(
     drop(receivers);
     drop(sinks);
     let latency_us = tally.latency_us.borrow().clone();
+    let cross_node_latency_us = tally.cross_node_latency_us.borrow().clone();
     let first_error = tally.first_error.borrow().clone();
     Outcome {
         sent_per_s: sent_in_window as f64 / elapsed,
         deliveries_per_s: deliveries as f64 / elapsed,
         latency_us,
+        cross_node_latency_us,
         lost,
         duplicated: tally.duplicated.get(),
         errors: tally.errors.get(),

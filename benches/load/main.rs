@@ -89,6 +89,8 @@ fn main() {
         };
         let target = match parts[0] {
             "baseline" => Target::baseline(),
+            "cluster1" => Target::chat_engine_cluster(1).expect("redis-server"),
+            "cluster2" => Target::chat_engine_cluster(2).expect("redis-server"),
             _ => Target::chat_engine(),
         };
         let shape = Shape {
@@ -184,8 +186,13 @@ fn main() {
         &ureq::Agent::new_with_defaults(),
         "chat_engine_ws_closes_total{code=\"1013\"}",
     );
+    let single_node = rows
+        .iter()
+        .find(|row| row.scenario == "1: 100 rooms x 10, saturation")
+        .map_or(f64::NAN, |row| row.outcome.deliveries_per_s);
     drop(engine);
     let engine_idle = idle::rss_per_connection(&Target::chat_engine(), IDLE);
+    let cluster_rows = cluster_runs(wide, saturate, measure);
     print_table(&rows, bare_rate);
     println!();
     println!("slow-consumer closes (1013) during the chat-engine runs: {slow_closes}");
@@ -205,6 +212,67 @@ fn main() {
         "3: RSS per idle connection ({IDLE} connections): chat-engine {engine_idle:.1} KiB, \
          baseline {bare_idle:.1} KiB"
     );
+    print_cluster_table(&cluster_rows, single_node);
+}
+
+/// Cluster mode on one Redis: 1 and 2 nodes, members spread over the nodes in turn (every
+/// room's sender on the first), at saturation and at a moderate rate. Needs the `redis`
+/// feature and redis-server; `None` explains what is missing.
+fn cluster_runs(shape: Shape, saturate: Load, measure: Duration) -> Result<Vec<Row>, String> {
+    if !cfg!(feature = "redis") {
+        return Err("run `cargo bench --features redis --bench load` to include them".into());
+    }
+    let mut rows = Vec::new();
+    for nodes in [1, 2] {
+        let target = Target::chat_engine_cluster(nodes).ok_or("redis-server is not installed")?;
+        for (load, name) in [
+            (Load::Rate(2_000), "2k msg/s offered"),
+            (saturate, "saturation"),
+        ] {
+            rows.push(Row {
+                scenario: format!("{nodes} node(s), 100 rooms x 10, {name}"),
+                outcome: fanout::run(&target, shape, load, measure),
+                commits: None,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn print_cluster_table(rows: &Result<Vec<Row>, String>, single_node: f64) {
+    println!();
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(why) => {
+            println!("cluster rows skipped: {why}");
+            return;
+        }
+    };
+    println!("cluster mode, one Redis (AOF, fsync always), nodes and Redis pinned to CPU 0:");
+    println!();
+    println!(
+        "| scenario | deliveries/s | x single node | p50 ms | p99 ms | cross-node p99 ms | lost | dup |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let o = &row.outcome;
+        let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let cross = if o.cross_node_latency_us.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", ms(&o.cross_node_latency_us, 0.99))
+        };
+        println!(
+            "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {cross} | {} | {} |",
+            row.scenario,
+            o.deliveries_per_s,
+            o.deliveries_per_s / single_node,
+            ms(&o.latency_us, 0.5),
+            ms(&o.latency_us, 0.99),
+            o.lost,
+            o.duplicated
+        );
+    }
 }
 
 fn print_table(rows: &[Row], bare_rate: f64) {

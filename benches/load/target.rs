@@ -57,25 +57,92 @@ pub struct Target {
     pub addr: SocketAddr,
     child: Child,
     dir: tempfile::TempDir,
+    /// Cluster mode: the other nodes (process, address, directory) and the Redis they share.
+    peers: Vec<(Child, SocketAddr, tempfile::TempDir)>,
+    redis: Option<(Child, tempfile::TempDir)>,
 }
 
 impl Target {
     pub fn chat_engine() -> Target {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join("chat-engine.toml"),
-            format!(
-                "[auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\n\
-                 [limits]\nsend_rate = 1000000\nmax_connections_per_user = 64\n"
-            ),
-        )
-        .expect("write config");
-        let (child, addr) = Self::spawn_chat_engine(&dir);
+        let (child, addr, dir) = Self::start_node("");
         Target {
             kind: Kind::ChatEngine,
             addr,
             child,
             dir,
+            peers: Vec::new(),
+            redis: None,
+        }
+    }
+
+    /// `nodes` chat-engine nodes in cluster mode on one new redis-server (AOF, fsync on
+    /// every write), all pinned with the servers; `None` where redis-server is missing.
+    pub fn chat_engine_cluster(nodes: usize) -> Option<Target> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let redis_dir = tempfile::tempdir().expect("tempdir");
+        let mut command = pinned("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+            .arg(redis_dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let redis = command.spawn().ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cluster = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
+        let (child, addr, dir) = Self::start_node(&cluster);
+        let peers = (1..nodes).map(|_| Self::start_node(&cluster)).collect();
+        Some(Target {
+            kind: Kind::ChatEngine,
+            addr,
+            child,
+            dir,
+            peers,
+            redis: Some((redis, redis_dir)),
+        })
+    }
+
+    fn start_node(extra_config: &str) -> (Child, SocketAddr, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("chat-engine.toml"),
+            format!(
+                "[auth]\njwt_secret = \"{JWT_SECRET}\"\napi_keys = [\"{API_KEY}\"]\n\
+                 [limits]\nsend_rate = 1000000\nmax_connections_per_user = 64\n{extra_config}"
+            ),
+        )
+        .expect("write config");
+        let (child, addr) = Self::spawn_chat_engine(&dir);
+        (child, addr, dir)
+    }
+
+    /// How many nodes serve this target.
+    pub fn nodes(&self) -> usize {
+        1 + self.peers.len()
+    }
+
+    /// The address of node `node` (0 is [`Target::addr`]).
+    pub fn node_addr(&self, node: usize) -> SocketAddr {
+        match node {
+            0 => self.addr,
+            n => self.peers[n - 1].1,
         }
     }
 
@@ -114,6 +181,8 @@ impl Target {
             addr,
             child,
             dir,
+            peers: Vec::new(),
+            redis: None,
         }
     }
 
@@ -128,17 +197,23 @@ impl Target {
             .expect("VmRSS")
     }
 
-    /// The WebSocket URL for `user` in `room`.
+    /// The WebSocket URL for `user` in `room`, on the first node.
     pub fn ws_url(&self, user: &str, room: &str) -> String {
+        self.ws_url_on(user, room, 0)
+    }
+
+    /// The WebSocket URL for `user` in `room`, on node `node`.
+    pub fn ws_url_on(&self, user: &str, room: &str, node: usize) -> String {
+        let addr = self.node_addr(node);
         match self.kind {
             Kind::ChatEngine => {
                 let user = chat_engine::protocol::UserId::parse(user).expect("user id");
                 let token =
                     chat_engine::auth::issue_token(JWT_SECRET, &user, Duration::from_secs(3600))
                         .expect("token");
-                format!("ws://{}/v1/ws?token={token}", self.addr)
+                format!("ws://{addr}/v1/ws?token={token}")
             }
-            Kind::Baseline => format!("ws://{}/room/{room}", self.addr),
+            Kind::Baseline => format!("ws://{addr}/room/{room}"),
         }
     }
 
@@ -184,8 +259,14 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let peers = self.peers.iter_mut().map(|(child, _, _)| child);
+        for child in std::iter::once(&mut self.child)
+            .chain(peers)
+            .chain(self.redis.as_mut().map(|(child, _)| child))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 mod link;
 mod scripts;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -55,11 +56,65 @@ impl std::fmt::Display for LogPosition {
 
 /// How far this node has applied one shard's log.
 struct ShardProgress {
-    applied: Mutex<LogPosition>,
-    /// Notified whenever `applied` moves.
-    advanced: event_listener::Event,
+    applied: Mutex<AppliedUpTo>,
     /// Whether a read has found the log's end since start-up.
     caught_up: AtomicBool,
+}
+
+/// A shard's applied position and the callers waiting for it to pass theirs.
+struct AppliedUpTo {
+    position: LogPosition,
+    /// Each waiter is woken once, when the position reaches its key.
+    waiting: BTreeMap<LogPosition, Vec<async_channel::Sender<()>>>,
+}
+
+/// Waiters at which [`ShardProgress::wait_for`] drops those that gave up.
+const PRUNE_WAITERS_AT: usize = 4096;
+
+impl ShardProgress {
+    fn new(position: LogPosition) -> ShardProgress {
+        ShardProgress {
+            applied: Mutex::new(AppliedUpTo {
+                position,
+                waiting: BTreeMap::new(),
+            }),
+            caught_up: AtomicBool::new(false),
+        }
+    }
+
+    fn position(&self) -> LogPosition {
+        lock(&self.applied).position
+    }
+
+    /// `None` when `target` is applied already; else what resolves once it is.
+    fn wait_for(&self, target: LogPosition) -> Option<async_channel::Receiver<()>> {
+        let mut applied = lock(&self.applied);
+        if applied.position >= target {
+            return None;
+        }
+        if applied.waiting.len() >= PRUNE_WAITERS_AT {
+            applied.waiting.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+        }
+        let (tx, rx) = async_channel::bounded(1);
+        applied.waiting.entry(target).or_default().push(tx);
+        Some(rx)
+    }
+
+    /// Moves the position to `to` and wakes everyone waiting for it or earlier.
+    fn advance(&self, to: LogPosition) {
+        let ready = {
+            let mut applied = lock(&self.applied);
+            applied.position = to;
+            let later = applied.waiting.split_off(&LogPosition(to.0, to.1 + 1));
+            std::mem::replace(&mut applied.waiting, later)
+        };
+        for sender in ready.into_values().flatten() {
+            let _ = sender.try_send(());
+        }
+    }
 }
 
 /// The cluster handle the engine holds.
@@ -114,15 +169,10 @@ impl Cluster {
         })?;
         let shards = (0..config.shards)
             .map(|shard| {
-                Ok(ShardProgress {
-                    applied: Mutex::new(
-                        storage
-                            .cluster_position(shard)?
-                            .map_or_else(LogPosition::default, |(ms, seq)| LogPosition(ms, seq)),
-                    ),
-                    advanced: event_listener::Event::new(),
-                    caught_up: AtomicBool::new(false),
-                })
+                let stored = storage.cluster_position(shard)?;
+                Ok(ShardProgress::new(
+                    stored.map_or_else(LogPosition::default, |(ms, seq)| LogPosition(ms, seq)),
+                ))
             })
             .collect::<Result<_, StorageError>>()?;
         Ok(Cluster {
@@ -179,23 +229,14 @@ impl Cluster {
     }
 
     async fn wait_applied(&self, shard: u16, position: LogPosition) -> Result<(), Error> {
-        let progress = &self.shards[usize::from(shard)];
+        let Some(applied) = self.shards[usize::from(shard)].wait_for(position) else {
+            return Ok(());
+        };
         let deadline = Duration::from_millis(self.config.apply_timeout_ms);
-        let waited = smol::future::or(
-            async {
-                loop {
-                    let listener = progress.advanced.listen();
-                    if *lock(&progress.applied) >= position {
-                        return true;
-                    }
-                    listener.await;
-                }
-            },
-            async {
-                smol::Timer::after(deadline).await;
-                false
-            },
-        )
+        let waited = smol::future::or(async { applied.recv().await.is_ok() }, async {
+            smol::Timer::after(deadline).await;
+            false
+        })
         .await;
         if waited {
             Ok(())
@@ -480,7 +521,7 @@ impl Cluster {
                 }
             };
             loop {
-                let from = lock(&progress.applied).to_string();
+                let from = progress.position().to_string();
                 // Both streams share the shard's hash tag, so one read serves them.
                 let read: Result<Option<StreamReadReply>, _> = conn
                     .xread_options(&[&log, &typing], &[&from, &typing_from], &options)
@@ -564,9 +605,7 @@ impl Cluster {
         }
         let position = KeyWrite::put(Cf::Meta, &keys::cluster_position(shard), &(last.0, last.1));
         engine.write_meta(vec![position]).await?;
-        let progress = &self.shards[usize::from(shard)];
-        *lock(&progress.applied) = last;
-        progress.advanced.notify(usize::MAX);
+        self.shards[usize::from(shard)].advance(last);
         Ok(())
     }
 }
