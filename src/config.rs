@@ -319,6 +319,14 @@ impl Config {
                 "cluster.redis_url is set but this build has no `redis` feature".into(),
             );
         }
+        #[cfg(feature = "redis")]
+        if let Some(url) = &self.cluster.redis_url {
+            if redis::parse_redis_url(url).is_none() {
+                return invalid(format!(
+                    "cluster.redis_url {url:?} is not a Redis URL like redis://127.0.0.1:6379"
+                ));
+            }
+        }
         if self.cluster.shards == 0 || self.cluster.log_max_len < 1_000 {
             return invalid(
                 "cluster.shards must be at least 1 and cluster.log_max_len at least 1000".into(),

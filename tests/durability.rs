@@ -524,6 +524,19 @@ fn bad_config_exits_non_zero_with_a_one_line_reason() {
         &["not-an-address", "listen"],
     );
     assert_bad_config("missing file", None, true, &["chat-engine.toml"]);
+    // Without the feature the key itself is refused; with it, a URL that is not Redis's.
+    assert_bad_config(
+        "bad cluster.redis_url",
+        Some("[cluster]\nredis_url = \"http://example\"\n"),
+        true,
+        &["cluster.redis_url"],
+    );
+    assert_bad_config(
+        "cluster.shards = 0",
+        Some("[cluster]\nshards = 0\n"),
+        true,
+        &["cluster.shards"],
+    );
 }
 
 /// Runs `serve --listen LISTEN --data DATA` with no config, expecting it to exit within 30 s;
