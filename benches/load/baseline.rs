@@ -49,7 +49,7 @@ async fn connection(stream: smol::net::TcpStream, rooms: Rooms, id: u64) {
     let Ok(socket) = async_tungstenite::accept_hdr_async_with_config(
         stream,
         callback,
-        Some(socket_config(2 * 1024)),
+        Some(socket_config(1024)),
     )
     .await
     else {

@@ -60,7 +60,7 @@ type Socket = WebSocketStream<TcpStream>;
 /// tungstenite zero-fills its whole read buffer before every read: at the default 128 KiB
 /// that memset was most of the load generator's CPU at moderate rates (a read then carries
 /// one small frame), and queued deliveries for 40 ms. The baseline server takes chat-engine's
-/// sizes (2 KiB reads, 64 KiB of writes per flush); the load generator reads 8 KiB at a time.
+/// sizes (1 KiB reads, 64 KiB of writes per flush); the load generator reads 8 KiB at a time.
 pub fn socket_config(read_buffer_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(read_buffer_bytes)

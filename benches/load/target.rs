@@ -108,7 +108,16 @@ impl Target {
         }
         let cluster = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
         let (child, addr, dir) = Self::start_node(&cluster);
-        let peers = (1..nodes).map(|_| Self::start_node(&cluster)).collect();
+        let peers: Vec<_> = (1..nodes).map(|_| Self::start_node(&cluster)).collect();
+        // Each node answers once it has connected to Redis and read every log.
+        let agent = ureq::Agent::new_with_defaults();
+        for node in std::iter::once(addr).chain(peers.iter().map(|peer| peer.1)) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while agent.get(format!("http://{node}/readyz")).call().is_err() {
+                assert!(std::time::Instant::now() < deadline, "{node} not ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         Some(Target {
             kind: Kind::ChatEngine,
             addr,

@@ -48,7 +48,7 @@ pub async fn serve<S>(
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes))
         // Client frames are small; a larger frame is read in several chunks.
-        .read_buffer_size(2 * 1024)
+        .read_buffer_size(1024)
         // Frames fed before a flush collect here and leave in one write: with 0 every frame
         // was its own send(2), and those syscalls were most of the server's CPU time.
         .write_buffer_size(WRITE_BUFFER_BYTES);
