@@ -4,6 +4,8 @@
 //! tide (and through it async-std) stays inside this module, so it can be replaced without
 //! touching the engine.
 
+mod demo;
+pub mod docs;
 mod rest;
 mod upgrade;
 
@@ -24,12 +26,16 @@ pub async fn serve(listener: std::net::TcpListener, engine: Engine) -> std::io::
     // back until the client's delayed ACK, about 40 ms per message.
     socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
     let mut app = tide::with_state(engine);
-    app.at("/healthz").get(counted("/healthz", |_| async {
-        Ok(json(StatusCode::Ok, &Status { status: "ok" }))
-    }));
+    app.at("/healthz").get(counted("/healthz", healthz));
     app.at("/readyz").get(counted("/readyz", readyz));
     app.at("/metrics").get(counted("/metrics", metrics));
+    app.at("/openapi.json")
+        .get(counted("/openapi.json", docs::openapi));
+    app.at("/docs").get(counted("/docs", docs::swagger_ui));
+    app.at("/docs/").get(counted("/docs", docs::swagger_ui));
+    app.at("/docs/*").get(counted("/docs", docs::swagger_ui));
     app.at("/v1/ws").get(counted("/v1/ws", upgrade::websocket));
+    demo::routes(&mut app);
     rest::routes(&mut app);
     app.listen(listener).await
 }
@@ -54,6 +60,24 @@ fn counted(route: &'static str, endpoint: impl Endpoint<Engine>) -> impl Endpoin
     }
 }
 
+/// 200 while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Running", body = Status))
+)]
+async fn healthz(_req: Req) -> tide::Result {
+    Ok(json(StatusCode::Ok, &Status { status: "ok" }))
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"))
+)]
 async fn metrics(req: Req) -> tide::Result {
     let mut response = Response::new(StatusCode::Ok);
     response.set_body(req.state().metrics().encode());
@@ -61,11 +85,22 @@ async fn metrics(req: Req) -> tide::Result {
     Ok(response)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Status {
     status: &'static str,
 }
 
+/// 200 when storage takes writes and, in cluster mode, Redis is reachable and this node
+/// has caught up; else 503.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Status),
+        (status = 503, description = "Not ready", body = Status)
+    )
+)]
 async fn readyz(req: Req) -> tide::Result {
     Ok(if req.state().is_ready() {
         json(StatusCode::Ok, &Status { status: "ready" })
@@ -73,7 +108,7 @@ async fn readyz(req: Req) -> tide::Result {
         json(
             StatusCode::ServiceUnavailable,
             &Status {
-                status: "storage unavailable",
+                status: "not ready",
             },
         )
     })
@@ -95,9 +130,12 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
     response
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
+/// Every error's body (PROTOCOL.md, "Error codes").
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_member`, `not_found`, `conflict`,
+    /// `too_large`, `rate_limited`, `unavailable` or `internal`.
+    code: &'static str,
     message: String,
 }
 

@@ -7,11 +7,11 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use smol::io::AsyncReadExt;
 use tide::{Response, Server, StatusCode};
 
-use super::{bearer, counted, error_response, json, Req};
+use super::{bearer, counted, error_response, json, ErrorBody, Req};
 use crate::engine::membership::Outcome;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::protocol::{HistoryQuery, Message, NewMessage, RoomId, UserId};
+use crate::protocol::{HistoryQuery, Message, NewMessage, RoomId, RoomView, UserId};
 
 pub fn routes(app: &mut Server<Engine>) {
     const ROOM: &str = "/v1/rooms/:room_id";
@@ -68,7 +68,7 @@ fn user_param(req: &Req) -> Result<UserId, Error> {
 }
 
 /// Reads a JSON body of at most `limits.max_body_bytes`.
-async fn body_json<T: DeserializeOwned>(req: &mut Req) -> Result<T, Error> {
+pub(super) async fn body_json<T: DeserializeOwned>(req: &mut Req) -> Result<T, Error> {
     let limit = req.state().config().limits.max_body_bytes;
     let too_large = || Error::TooLarge(format!("request body over {limit} bytes"));
     if req.len().is_some_and(|len| len > limit) {
@@ -93,12 +93,33 @@ fn created_or_ok(outcome: Outcome) -> StatusCode {
     }
 }
 
-#[derive(Deserialize)]
-struct PutRoom {
+/// `PUT /v1/rooms/{room_id}` body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct PutRoom {
+    /// The driver: the room's owner and first member.
     owner_id: UserId,
 }
 
-async fn put_room(mut req: Req) -> Result<Response, Error> {
+/// Creates the route's room with its driver, who joins it and gets `joined`; a repeat
+/// with the same owner confirms it.
+#[utoipa::path(
+    put,
+    path = "/v1/rooms/{room_id}",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    request_body = PutRoom,
+    responses(
+        (status = 201, description = "Created", body = RoomView),
+        (status = 200, description = "It exists with this owner already", body = RoomView),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "Conflict (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn put_room(mut req: Req) -> Result<Response, Error> {
     let room_id = room_param(&req)?;
     let body: PutRoom = body_json(&mut req).await?;
     let (outcome, room) = req
@@ -108,34 +129,116 @@ async fn put_room(mut req: Req) -> Result<Response, Error> {
     Ok(json(created_or_ok(outcome), &room))
 }
 
-async fn get_room(req: Req) -> Result<Response, Error> {
+/// The room and its members.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    responses(
+        (status = 200, description = "The room", body = RoomView),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_room(req: Req) -> Result<Response, Error> {
     let room = req.state().room_view(&room_param(&req)?)?;
     Ok(json(StatusCode::Ok, &room))
 }
 
-async fn delete_room(req: Req) -> Result<Response, Error> {
+/// Closes the room: every member gets `left`. Its history stays readable here.
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room_id}",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    responses(
+        (status = 204, description = "Closed, also when it was closed or never existed"),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn delete_room(req: Req) -> Result<Response, Error> {
     req.state().close_room(room_param(&req)?).await?;
     Ok(Response::new(StatusCode::NoContent))
 }
 
-async fn put_member(req: Req) -> Result<Response, Error> {
+/// Joins the user (who gets `joined`; the others get `member_joined`).
+#[utoipa::path(
+    put,
+    path = "/v1/rooms/{room_id}/members/{user_id}",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"), ("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    responses(
+        (status = 201, description = "Joined (also a re-join after leaving)", body = RoomView),
+        (status = 200, description = "Already a member", body = RoomView),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn put_member(req: Req) -> Result<Response, Error> {
     let (room_id, user_id) = (room_param(&req)?, user_param(&req)?);
     let (outcome, room) = req.state().join(&room_id, &user_id).await?;
     Ok(json(created_or_ok(outcome), &room))
 }
 
-async fn delete_member(req: Req) -> Result<Response, Error> {
+/// Removes the user (who gets `left`; the others get `member_left`).
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room_id}/members/{user_id}",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"), ("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    responses(
+        (status = 204, description = "Removed, also when not a member"),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn delete_member(req: Req) -> Result<Response, Error> {
     let (room_id, user_id) = (room_param(&req)?, user_param(&req)?);
     req.state().leave(&room_id, &user_id).await?;
     Ok(Response::new(StatusCode::NoContent))
 }
 
-#[derive(Serialize)]
-struct MessageBody<'a> {
+/// The message a `POST .../messages` stored (or found, on a repeat).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct MessageReply<'a> {
+    #[schema(value_type = Message)]
     message: &'a Message,
 }
 
-async fn post_message(mut req: Req) -> Result<Response, Error> {
+/// Posts a `system` message from RouteAPI.
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room_id}/messages",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    request_body = NewMessage,
+    responses(
+        (status = 201, description = "Stored and pushed", body = MessageReply),
+        (status = 200, description = "A repeated `client_msg_id`: the first message", body = MessageReply),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn post_message(mut req: Req) -> Result<Response, Error> {
     let room_id = room_param(&req)?;
     let message: NewMessage = body_json(&mut req).await?;
     let engine = req.state();
@@ -146,22 +249,46 @@ async fn post_message(mut req: Req) -> Result<Response, Error> {
         StatusCode::Ok
     };
     let message = engine.message_at(&room_id, sent.stamp.seq).await?;
-    Ok(json(status, &MessageBody { message: &message }))
+    Ok(json(status, &MessageReply { message: &message }))
 }
 
-#[derive(Serialize)]
-struct MessagesBody<'a> {
+/// A page of history, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct MessagesReply<'a> {
+    #[schema(value_type = Vec<Message>)]
     messages: &'a [std::sync::Arc<Message>],
+    /// Whether more messages lie beyond this page in the direction asked.
     has_more: bool,
 }
 
-async fn get_messages(req: Req) -> Result<Response, Error> {
+/// History, as the WebSocket `sync`: at most one of `since_ts`, `since_seq` and
+/// `before_seq`; none gives the last `history.default_last` messages.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}/messages",
+    tag = "rooms",
+    params(
+        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
+        ("since_ts" = Option<u64>, Query, description = "Messages with a later ts, oldest first"),
+        ("since_seq" = Option<u64>, Query, description = "Messages after this seq, oldest first"),
+        ("before_seq" = Option<u64>, Query, description = "Messages before this seq, newest last"),
+        ("limit" = Option<u32>, Query, description = "At most this many (up to 500)")
+    ),
+    responses(
+        (status = 200, description = "A page of history", body = MessagesReply),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_messages(req: Req) -> Result<Response, Error> {
     let room_id = room_param(&req)?;
     let query = HistoryQuery::from_query_string(req.url().query().unwrap_or(""))?;
     let page = req.state().history(&room_id, &query, None).await?;
     Ok(json(
         StatusCode::Ok,
-        &MessagesBody {
+        &MessagesReply {
             messages: &page.messages,
             has_more: page.has_more,
         },
@@ -169,16 +296,30 @@ async fn get_messages(req: Req) -> Result<Response, Error> {
 }
 
 /// `POST /v1/admin/backup` body: where the server writes the copy.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BackupRequest {
+pub(super) struct BackupRequest {
     /// An absolute directory that does not exist yet, writable by the server.
+    #[schema(value_type = String)]
     to: std::path::PathBuf,
 }
 
-/// `POST /v1/admin/backup`: an online, consistent copy of the data directory (what
-/// `chat-engine backup` asks for). 201 `{"to": ...}`; 409 if the directory exists.
-async fn post_backup(mut req: Req) -> Result<Response, Error> {
+/// Writes a consistent copy of the data directory while serving.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/backup",
+    tag = "operations",
+    request_body = BackupRequest,
+    responses(
+        (status = 201, description = "Written", body = BackupRequest),
+        (status = 409, description = "The directory exists", body = ErrorBody),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn post_backup(mut req: Req) -> Result<Response, Error> {
     let body: BackupRequest = body_json(&mut req).await?;
     req.state().backup(body.to.clone()).await?;
     Ok(json(StatusCode::Created, &body))

@@ -7,6 +7,20 @@ use tide::{Response, StatusCode};
 use super::{bearer, error_response, Req};
 use crate::error::Error;
 
+/// Opens the app's WebSocket (frames: README.md, "WebSocket protocol"). The token is a
+/// JWT (HS256, `sub` = user id) in `Authorization: Bearer` or in `?token=`.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "websocket",
+    params(("token" = Option<String>, Query, description = "The app token, if not in the Authorization header")),
+    responses(
+        (status = 101, description = "Switching to WebSocket"),
+        (status = 401, description = "Missing, bad or expired token (`unauthorized`)", body = super::ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = super::ErrorBody),
+        (status = 429, description = "Over `limits.max_connections_per_user` (`rate_limited`)", body = super::ErrorBody)
+    )
+)]
 pub async fn websocket(req: Req) -> tide::Result {
     let engine = req.state().clone();
     let token = bearer(&req).or_else(|| {

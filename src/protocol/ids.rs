@@ -108,6 +108,25 @@ impl<K> fmt::Debug for Id<K> {
     }
 }
 
+/// In the OpenAPI document: a string following the id rules.
+impl<K> utoipa::PartialSchema for Id<K> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_BYTES))
+            .pattern(Some("^[A-Za-z0-9._:@-]+$"))
+            .examples(["route-42"])
+            .into()
+    }
+}
+
+impl<K> utoipa::ToSchema for Id<K> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Id".into()
+    }
+}
+
 impl<K> Serialize for Id<K> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.text)

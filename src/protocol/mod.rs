@@ -23,7 +23,7 @@ pub const DEFAULT_BEFORE_LIMIT: usize = 50;
 /// Longest `client_msg_id` in bytes.
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// Sent by a user over WebSocket.
@@ -32,7 +32,7 @@ pub enum MessageKind {
     System,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
     Route,
@@ -40,23 +40,27 @@ pub enum RoomKind {
 }
 
 /// A stored message as clients see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub room_id: RoomId,
+    /// Position in the room: 1, 2, 3, ... with no gaps.
     pub seq: u64,
+    /// Milliseconds since the Unix epoch; strictly increasing within a room.
     pub ts: u64,
+    /// The sending user; null for system messages.
     pub sender: Option<UserId>,
     pub kind: MessageKind,
     pub text: String,
     /// The client's JSON object, kept verbatim.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
 }
 
 /// The `Room` object of `rooms`, `room`, `joined` and the REST room calls.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RoomView {
     pub room_id: RoomId,
     pub kind: RoomKind,
@@ -71,11 +75,14 @@ pub struct RoomView {
 }
 
 /// What a user or RouteAPI asks to post; validated by [`NewMessage::validate`].
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewMessage {
     pub text: String,
+    /// Any JSON object, stored and returned verbatim.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Box<RawValue>>,
+    /// Makes retries safe: a repeat returns the first message (1..=64 bytes).
     #[serde(default)]
     pub client_msg_id: Option<String>,
 }
