@@ -243,3 +243,104 @@ fn the_demo_page_chats_between_two_browser_windows() {
         ["first, while bob looks elsewhere", "hello bob", "hi alice"]
     );
 }
+
+/// The frames of one README code block that follows `heading`.
+fn readme_frames(heading: &str) -> Vec<Value> {
+    let readme = include_str!("../README.md");
+    let start = readme.find(heading).expect("heading in README");
+    let block = readme[start..].split("```").nth(1).expect("a code block");
+    block
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect()
+}
+
+/// The field names of a frame, and of the objects inside it, as `path.key`.
+fn shape(value: &Value, path: &str, into: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let here = format!("{path}.{key}");
+                // `data` is the client's own object.
+                if key != "data" {
+                    shape(inner, &here, into);
+                }
+                into.insert(here);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                shape(item, &format!("{path}[]"), into);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_readmes_websocket_frames_are_the_servers() {
+    for frame in readme_frames("### Client to server") {
+        let text = frame.to_string();
+        assert!(
+            chat_engine::protocol::parse_request(&text).is_ok(),
+            "README's client frame is refused: {text}"
+        );
+    }
+    // Make the server produce every kind of frame, and compare shapes with README's.
+    let server = TestServer::start_with(|config| config.limits.send_rate = 2);
+    server.create_room("route-42", "alice");
+    server.add_member("route-42", "bob");
+    let mut alice = server.ws("alice");
+    let mut bob = server.ws("bob");
+    alice.send_msg("route-42", "Pickup in 5");
+    let mut real = vec![
+        alice.request(json!({"type": "rooms"})),
+        alice.request(json!({"type": "sync", "room_id": "route-42"})),
+        bob.request(json!({"type": "send", "room_id": "route-42", "text": "On my way", "client_msg_id": "b7f3c2"})),
+        bob.request(json!({"type": "direct", "user_id": "alice"})),
+        bob.request(json!({"type": "read", "room_id": "route-42", "seq": 2})),
+        bob.request(json!({"type": "ping"})),
+    ];
+    bob.send_json(&json!({"type": "typing", "room_id": "route-42"}));
+    real.push(alice.expect_push("typing"));
+    real.push(alice.expect_push("message"));
+    real.push(alice.expect_push("joined"));
+    server.add_member("route-42", "carol");
+    real.push(alice.expect_push("member_joined"));
+    server.remove_member("route-42", "carol");
+    real.push(alice.expect_push("member_left"));
+    server.remove_member("route-42", "bob");
+    real.push(bob.expect_push("left"));
+    let flood: Vec<Value> = (0..10)
+        .map(|_| alice.request(json!({"type": "send", "room_id": "route-42", "text": "x"})))
+        .collect();
+    real.extend(flood.into_iter().find(|reply| reply["type"] == "error"));
+    let documented = readme_frames("### Server to client");
+    for frame in &real {
+        let kind = frame["type"].as_str().unwrap();
+        let example = documented
+            .iter()
+            .find(|example| example["type"] == kind)
+            .unwrap_or_else(|| panic!("README has no {kind} frame"));
+        let (mut want, mut got) = (BTreeSet::new(), BTreeSet::new());
+        shape(example, "", &mut want);
+        shape(frame, "", &mut got);
+        // Optional fields appear in one and not the other; all fields must be known.
+        let optional = [".unread", ".client_msg_id"];
+        let unknown: Vec<_> = got
+            .symmetric_difference(&want)
+            .filter(|field| !optional.iter().any(|o| field.ends_with(o)))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{kind}: {unknown:?}\nreal: {frame}\nREADME: {example}"
+        );
+    }
+    let kinds: BTreeSet<&str> = real.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    let documented_kinds: BTreeSet<&str> = documented
+        .iter()
+        .map(|f| f["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, documented_kinds, "every documented frame was seen");
+}
