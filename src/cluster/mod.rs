@@ -520,7 +520,8 @@ impl Cluster {
                     continue;
                 }
             };
-            loop {
+            // A node out of sync stops applying until an operator repairs it.
+            while self.broken().is_none() {
                 let from = progress.position().to_string();
                 // Both streams share the shard's hash tag, so one read serves them.
                 let read: Result<Option<StreamReadReply>, _> = conn
