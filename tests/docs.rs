@@ -9,21 +9,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use common::{agent, TestServer};
-
-/// Whether `tool` can run; outside CI a missing tool skips the test with a message, under
-/// `CI=true` it fails it (`.ci/run` installs them all).
-fn available(test: &str, tool: &str, mut probe: Command) -> bool {
-    let found = probe.output().is_ok_and(|out| out.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing, and CI=true: {test} cannot be skipped"
-        );
-        eprintln!("skipping {test}: {tool} is not installed (see .ci/run)");
-    }
-    found
-}
+use common::{agent, tool_available as available, TestServer};
 
 /// Every route the server has, as the OpenAPI document spells it.
 const ROUTES: [(&str, &str); 12] = [

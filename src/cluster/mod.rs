@@ -611,18 +611,6 @@ impl Cluster {
     }
 }
 
-impl RoomChange {
-    pub fn room_id(&self) -> &RoomId {
-        match self {
-            RoomChange::Created { room_id, .. }
-            | RoomChange::Joined { room_id, .. }
-            | RoomChange::Left { room_id, .. }
-            | RoomChange::Closed { room_id, .. }
-            | RoomChange::Read { room_id, .. } => room_id,
-        }
-    }
-}
-
 /// The change one log entry carries.
 fn change_of(entry: &redis::streams::StreamId) -> Result<Change, String> {
     let field = |name: &str| -> Result<String, String> {

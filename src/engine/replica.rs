@@ -65,6 +65,18 @@ pub enum RoomChange {
     },
 }
 
+impl RoomChange {
+    pub fn room_id(&self) -> &RoomId {
+        match self {
+            RoomChange::Created { room_id, .. }
+            | RoomChange::Joined { room_id, .. }
+            | RoomChange::Left { room_id, .. }
+            | RoomChange::Closed { room_id, .. }
+            | RoomChange::Read { room_id, .. } => room_id,
+        }
+    }
+}
+
 /// What applying one change did.
 #[derive(Default)]
 pub struct Applied {
@@ -133,13 +145,7 @@ impl Engine {
 
     /// [`Engine::apply`] for room changes; runs holding the lifecycle lock.
     fn apply_room_change(&self, slot: crate::storage::writer::Slot, change: RoomChange) -> Applied {
-        let room_id = match &change {
-            RoomChange::Created { room_id, .. }
-            | RoomChange::Joined { room_id, .. }
-            | RoomChange::Left { room_id, .. }
-            | RoomChange::Closed { room_id, .. }
-            | RoomChange::Read { room_id, .. } => room_id.clone(),
-        };
+        let room_id = change.room_id().clone();
         let Some(room) = self.room(&room_id) else {
             // Not open here: created and closed already, or never created here.
             let closed_here = matches!(self.inner.storage.room(room_id.as_str()), Ok(Some(_)));

@@ -19,6 +19,25 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+/// Whether `probe` (a command that succeeds when `tool` is installed) succeeds. Outside CI a
+/// missing tool skips the test with a message; under `CI=true` it fails it, because
+/// `.ci/run` installs every tool the tests need.
+pub fn tool_available(test: &str, tool: &str, mut probe: Command) -> bool {
+    let found = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is missing, and CI=true: {test} cannot be skipped"
+        );
+        eprintln!("skipping {test}: {tool} is not installed (see .ci/run)");
+    }
+    found
+}
+
 /// Timeout for a frame the test expects to arrive.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long "nothing arrives" is watched.
