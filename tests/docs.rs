@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use common::{agent, tool_available as available, TestServer};
 
 /// Every route the server has, as the OpenAPI document spells it.
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 15] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -24,6 +24,9 @@ const ROUTES: [(&str, &str); 12] = [
     ("delete", "/v1/rooms/{room_id}/members/{user_id}"),
     ("post", "/v1/rooms/{room_id}/messages"),
     ("get", "/v1/rooms/{room_id}/messages"),
+    ("get", "/v1/rooms/{room_id}/messages/{seq}"),
+    ("patch", "/v1/rooms/{room_id}/messages/{seq}"),
+    ("delete", "/v1/rooms/{room_id}/messages/{seq}"),
     ("post", "/v1/admin/backup"),
 ];
 
@@ -58,7 +61,8 @@ fn openapi_documents_every_route_the_router_serves() {
     for (method, path) in &documented {
         let concrete = path
             .replace("{room_id}", "no-such-room")
-            .replace("{user_id}", "someone");
+            .replace("{user_id}", "someone")
+            .replace("{seq}", "1");
         let (status, body) = server.rest(&method.to_uppercase(), &concrete, Some(json!({})));
         let routed = status != 405 && (status != 404 || body["code"] == "not_found");
         assert!(routed, "{method} {concrete}: {status} {body}");
@@ -230,11 +234,25 @@ fn the_demo_page_chats_between_two_browser_windows() {
     );
 }
 
-/// The frames of one README code block that follows `heading`.
-fn readme_frames(heading: &str) -> Vec<Value> {
-    let readme = include_str!("../README.md");
-    let start = readme.find(heading).expect("heading in README");
-    let block = readme[start..].split("```").nth(1).expect("a code block");
+/// The protocol document, whose WebSocket frames the server's must match.
+const PROTOCOL_DOC: &str = include_str!("../docs/protocol.md");
+
+/// The frames of the code block that follows the line `heading` in docs/protocol.md, one
+/// JSON frame per line.
+fn protocol_frames(heading: &str) -> Vec<Value> {
+    let line = format!("\n{heading}\n");
+    let mut found = PROTOCOL_DOC.match_indices(line.as_str());
+    let (start, _) = found
+        .next()
+        .unwrap_or_else(|| panic!("docs/protocol.md has no line {heading:?}"));
+    assert!(
+        found.next().is_none(),
+        "docs/protocol.md has the line {heading:?} more than once"
+    );
+    let block = PROTOCOL_DOC[start..]
+        .split("```")
+        .nth(1)
+        .expect("a code block after the heading");
     block
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -248,8 +266,8 @@ fn shape(value: &Value, path: &str, into: &mut BTreeSet<String>) {
         Value::Object(map) => {
             for (key, inner) in map {
                 let here = format!("{path}.{key}");
-                // `data` is the client's own object.
-                if key != "data" {
+                // `data` is the client's own object; `reactions` is keyed by the reactions.
+                if key != "data" && key != "reactions" {
                     shape(inner, &here, into);
                 }
                 into.insert(here);
@@ -264,33 +282,84 @@ fn shape(value: &Value, path: &str, into: &mut BTreeSet<String>) {
     }
 }
 
+/// What a frame is an example of: its `type`, and for a `message` push the message's
+/// `kind` (and whether it takes a reaction away), since each kind has its own example.
+fn frame_kind(frame: &Value) -> String {
+    let kind = frame["type"].as_str().unwrap_or_default();
+    if kind != "message" {
+        return kind.to_owned();
+    }
+    let message = &frame["message"];
+    let mut kind = format!("message {}", message["kind"].as_str().unwrap_or_default());
+    if message["removed"] == true {
+        kind.push_str(" removed");
+    }
+    kind
+}
+
+/// The next `message` push of `kind` (as [`frame_kind`] names it), skipping the pushes of
+/// other messages before it.
+#[track_caller]
+fn message_push(client: &mut common::Client, kind: &str) -> Value {
+    loop {
+        let push = client.expect_push("message");
+        if frame_kind(&push) == kind {
+            return push;
+        }
+    }
+}
+
 #[test]
-fn the_readmes_websocket_frames_are_the_servers() {
-    for frame in readme_frames("### Client to server") {
+fn the_protocol_docs_websocket_frames_are_the_servers() {
+    for frame in protocol_frames("### Client to server") {
         let text = frame.to_string();
         assert!(
             chat_engine::protocol::parse_request(&text).is_ok(),
-            "README's client frame is refused: {text}"
+            "docs/protocol.md's client frame is refused: {text}"
         );
     }
-    // Make the server produce every kind of frame, and compare shapes with README's.
+    // Make the server produce every kind of frame, and compare shapes with the document's.
     let server = TestServer::start_with(|config| config.limits.send_rate = 2);
     server.create_room("route-42", "alice");
     server.add_member("route-42", "bob");
     let mut alice = server.ws("alice");
     let mut bob = server.ws("bob");
-    alice.send_msg("route-42", "Pickup in 5");
+    let target = alice.send_msg("route-42", "Pickup in 5")["seq"].clone();
+    let change = |mut frame: Value| {
+        frame["room_id"] = json!("route-42");
+        frame["seq"] = target.clone();
+        frame
+    };
+    // Three sends or changes per user before alice's flood: within the burst of
+    // 2 * send_rate (changes count as sends).
     let mut real = vec![
         alice.request(json!({"type": "rooms"})),
-        alice.request(json!({"type": "sync", "room_id": "route-42"})),
         bob.request(json!({"type": "send", "room_id": "route-42", "text": "On my way", "client_msg_id": "b7f3c2"})),
+        alice.request_ok(change(json!({"type": "edit", "text": "Pickup in 10"})), "sent"),
+        bob.request_ok(change(json!({"type": "react", "reaction": "👍"})), "sent"),
+        // The room's history now holds a target in its changed state, and the changes.
+        alice.request(json!({"type": "sync", "room_id": "route-42"})),
+        bob.request_ok(
+            change(json!({"type": "react", "reaction": "👍", "removed": true})),
+            "sent",
+        ),
+        alice.request_ok(change(json!({"type": "delete"})), "sent"),
         bob.request(json!({"type": "direct", "user_id": "alice"})),
         bob.request(json!({"type": "read", "room_id": "route-42", "seq": 2})),
         bob.request(json!({"type": "ping"})),
     ];
     bob.send_json(&json!({"type": "typing", "room_id": "route-42"}));
     real.push(alice.expect_push("typing"));
-    real.push(alice.expect_push("message"));
+    // A room's pushes arrive in seq order: the message, then the changes made to it.
+    for kind in [
+        "message text",
+        "message edit",
+        "message reaction",
+        "message reaction removed",
+        "message delete",
+    ] {
+        real.push(message_push(&mut alice, kind));
+    }
     real.push(alice.expect_push("joined"));
     server.add_member("route-42", "carol");
     real.push(alice.expect_push("member_joined"));
@@ -302,13 +371,13 @@ fn the_readmes_websocket_frames_are_the_servers() {
         .map(|_| alice.request(json!({"type": "send", "room_id": "route-42", "text": "x"})))
         .collect();
     real.extend(flood.into_iter().find(|reply| reply["type"] == "error"));
-    let documented = readme_frames("### Server to client");
+    let documented = protocol_frames("### Server to client");
     for frame in &real {
-        let kind = frame["type"].as_str().unwrap();
+        let kind = frame_kind(frame);
         let example = documented
             .iter()
-            .find(|example| example["type"] == kind)
-            .unwrap_or_else(|| panic!("README has no {kind} frame"));
+            .find(|example| frame_kind(example) == kind)
+            .unwrap_or_else(|| panic!("docs/protocol.md has no {kind} frame"));
         let (mut want, mut got) = (BTreeSet::new(), BTreeSet::new());
         shape(example, "", &mut want);
         shape(frame, "", &mut got);
@@ -320,13 +389,178 @@ fn the_readmes_websocket_frames_are_the_servers() {
             .collect();
         assert!(
             unknown.is_empty(),
-            "{kind}: {unknown:?}\nreal: {frame}\nREADME: {example}"
+            "{kind}: {unknown:?}\nreal: {frame}\ndocs/protocol.md: {example}"
         );
     }
-    let kinds: BTreeSet<&str> = real.iter().map(|f| f["type"].as_str().unwrap()).collect();
-    let documented_kinds: BTreeSet<&str> = documented
-        .iter()
-        .map(|f| f["type"].as_str().unwrap())
-        .collect();
+    let kinds: BTreeSet<String> = real.iter().map(frame_kind).collect();
+    let documented_kinds: BTreeSet<String> = documented.iter().map(frame_kind).collect();
     assert_eq!(kinds, documented_kinds, "every documented frame was seen");
+}
+
+/// The repository's Markdown documents: README.md and docs/*.md.
+fn markdown_documents() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("read docs/")
+        .map(|entry| entry.expect("a docs/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    docs.sort();
+    assert!(!docs.is_empty(), "docs/ holds the documentation");
+    let mut all = vec![root.join("README.md")];
+    all.extend(docs);
+    all
+}
+
+/// The targets of the Markdown links outside code blocks: inline `[text](target "title")`
+/// and reference definitions `[name]: target`.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    let mut in_code_block = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code_block = !in_code_block;
+            continue;
+        }
+        if in_code_block {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let end = after.find(')').unwrap_or(after.len());
+            targets.push(after[..end].to_owned());
+            rest = &after[end..];
+        }
+        let trimmed = line.trim_start();
+        if let Some(definition) = trimmed
+            .strip_prefix('[')
+            .and_then(|r| r.split_once("]:"))
+            .map(|(_, target)| target)
+        {
+            targets.push(definition.to_owned());
+        }
+    }
+    targets
+        .into_iter()
+        .map(|target| {
+            let target = target.split_whitespace().next().unwrap_or_default();
+            target
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The anchors GitHub gives a document's headings: lower case, punctuation dropped,
+/// spaces as hyphens.
+fn heading_anchors(text: &str) -> BTreeSet<String> {
+    let mut in_code_block = false;
+    let mut anchors = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code_block = !in_code_block;
+        }
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        if in_code_block {
+            continue;
+        }
+        let title = heading.trim_start_matches('#').trim();
+        let anchor: String = title
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        anchors.insert(anchor);
+    }
+    anchors
+}
+
+/// Where `target`, linked from the document in `dir`, points inside the repository at
+/// `root`: `None` when it escapes the repository.
+fn resolve_in_repository(root: &Path, dir: &Path, target: &str) -> Option<PathBuf> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<String> = dir
+        .strip_prefix(root)
+        .ok()?
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            part => parts.push(part.to_owned()),
+        }
+    }
+    Some(
+        parts
+            .iter()
+            .fold(root.to_path_buf(), |path, part| path.join(part)),
+    )
+}
+
+#[test]
+fn readme_is_short_and_no_document_points_outside_the_repository() {
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.len() < 12 * 1024,
+        "README.md is {} bytes; it must stay under 12 KiB (details go in docs/)",
+        readme.len()
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut problems = Vec::new();
+    for document in markdown_documents() {
+        let name = document.strip_prefix(root).unwrap().display().to_string();
+        let text = std::fs::read_to_string(&document).expect("read a document");
+        // The documents describe the protocol and the design in their own words.
+        for outside in ["PROTOCOL.md", "DESIGN.md", "../shared"] {
+            if text.contains(outside) {
+                problems.push(format!("{name} mentions {outside}"));
+            }
+        }
+        let dir = document.parent().unwrap();
+        for target in link_targets(&text) {
+            if ["http://", "https://", "mailto:"]
+                .iter()
+                .any(|scheme| target.starts_with(scheme))
+            {
+                continue;
+            }
+            let (path, anchor) = match target.split_once('#') {
+                Some((path, anchor)) => (path, Some(anchor)),
+                None => (target.as_str(), None),
+            };
+            let file = if path.is_empty() {
+                Some(document.clone())
+            } else if path.contains(':') {
+                None // another scheme (file:, ...): not a file of this repository
+            } else {
+                resolve_in_repository(root, dir, path)
+            };
+            let Some(file) = file else {
+                problems.push(format!("{name}: {target} points outside the repository"));
+                continue;
+            };
+            if !file.exists() {
+                problems.push(format!("{name}: {target} does not exist"));
+                continue;
+            }
+            if let Some(anchor) = anchor {
+                let linked = std::fs::read_to_string(&file).unwrap_or_default();
+                if !heading_anchors(&linked).contains(anchor) {
+                    problems.push(format!("{name}: {target} names no heading"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
