@@ -220,17 +220,26 @@ fn the_demo_page_chats_between_two_browser_windows() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(screenshot.exists(), "screenshot saved");
-    // What the browsers did went through the server: the history has all three messages.
+    // What the browsers did went through the server: the history has the four messages in
+    // their current state, and the changes as messages of their own.
     let (_, page) = server.rest("GET", "/v1/rooms/route-1/messages", None);
-    let texts: Vec<&str> = page["messages"]
+    let kind = |m: &Value| m["kind"].as_str().unwrap_or("text").to_owned();
+    let (texts, changes): (Vec<&Value>, Vec<&Value>) = page["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
+        .partition(|m| kind(m) == "text");
+    let text_of = |m: &&Value| m["text"].as_str().unwrap().to_owned();
     assert_eq!(
-        texts,
-        ["first, while bob looks elsewhere", "hello bob", "hi alice"]
+        texts.iter().map(text_of).collect::<Vec<_>>(),
+        ["", "hello bob, how are you?", "hi alice", "one more"]
+    );
+    assert_eq!(texts[0]["deleted"], true);
+    assert!(texts[1]["edited_ts"].is_u64(), "{}", texts[1]);
+    assert_eq!(texts[1]["reactions"], json!({"👍": ["bob"]}));
+    assert_eq!(
+        changes.iter().map(|m| kind(m)).collect::<Vec<_>>(),
+        ["edit", "reaction", "reaction", "reaction", "delete"]
     );
 }
 
