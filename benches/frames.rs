@@ -30,16 +30,16 @@ fn main() {
         black_box(parse_request(black_box(send)).is_ok());
     });
     let data = serde_json::value::RawValue::from_string(r#"{"eta_min":4}"#.into()).unwrap();
-    let message = Message {
-        room_id: RoomId::parse("route-42").unwrap(),
-        seq: 17,
-        ts: 1_764_000_000_123,
-        sender: Some(UserId::parse("driver-7").unwrap()),
-        kind: MessageKind::Text,
-        text: "On my way, 4 minutes".into(),
-        data: Some(data),
-        client_msg_id: Some("c-91".into()),
-    };
+    let mut message = Message::new(
+        RoomId::parse("route-42").unwrap(),
+        17,
+        1_764_000_000_123,
+        Some(UserId::parse("driver-7").unwrap()),
+        MessageKind::Text,
+        "On my way, 4 minutes".into(),
+    );
+    message.data = Some(data);
+    message.client_msg_id = Some("c-91".into());
     let push = rate(budget, || {
         black_box(encode(&ServerFrame::Message {
             message: black_box(&message),

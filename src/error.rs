@@ -1,4 +1,6 @@
-//! The one error type of the library, and its mapping to protocol error codes and HTTP statuses.
+//! The library's errors in one place: [`Error`], what a client is told, with its mapping to
+//! protocol codes and HTTP statuses; [`StorageError`], what storage reports, and how it maps
+//! to [`Error`]; and the constructors of the errors several modules raise.
 
 /// Every failure a client can be told about. The variant decides the protocol `code` and the
 /// HTTP status (PROTOCOL.md, "Error codes"); the text is the human-readable `message`.
@@ -61,6 +63,77 @@ impl Error {
 
     pub fn room_not_found(room_id: &str) -> Error {
         Error::NotFound(format!("no room {room_id}"))
+    }
+
+    pub fn message_not_found(room_id: &str, seq: u64) -> Error {
+        Error::NotFound(format!("no message {seq} in room {room_id}"))
+    }
+
+    pub fn not_member(room_id: &str) -> Error {
+        Error::NotMember(room_id.to_owned())
+    }
+
+    /// A create of an existing room with another owner (or kind).
+    pub fn owner_conflict(room_id: &str) -> Error {
+        Error::Conflict(format!("room {room_id} exists with another owner"))
+    }
+
+    /// A create of a room that was closed.
+    pub fn closed_id_reused(room_id: &str) -> Error {
+        Error::Conflict(format!(
+            "room {room_id} was closed; closed room ids are not reused"
+        ))
+    }
+
+    /// A close of, or a membership change in, a direct room.
+    pub fn direct_unchangeable() -> Error {
+        Error::Forbidden("direct rooms cannot be closed, and their members cannot change".into())
+    }
+
+    /// A direct room refused by `direct.policy = "shared_room"`.
+    pub fn no_shared_room(user: &str, other: &str) -> Error {
+        Error::Forbidden(format!("{user} and {other} share no route room"))
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Redis(String),
+}
+
+/// What storage reports. Everything but a full or failing disk means the data directory is
+/// not one this build can serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Db(String),
+    #[error("corrupt record in column family {cf}: {reason}")]
+    Corrupt { cf: &'static str, reason: String },
+    #[error("record in column family {cf} has format version {version}, which this build does not know (written by a newer chat-engine?)")]
+    UnknownFormat { cf: &'static str, version: u8 },
+    #[error("data directory has schema version {found}; this build knows up to {known} (written by a newer chat-engine?)")]
+    NewerSchema { found: u32, known: u32 },
+    /// The write was built on in-memory state that an earlier failed write rolled back.
+    #[error("an earlier write failed; retry")]
+    Superseded,
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Db(_) | StorageError::Superseded | StorageError::Closed => {
+                Error::Unavailable(format!("storage unavailable: {e}"))
+            }
+            _ => Error::Internal(e.to_string()),
+        }
     }
 }
 

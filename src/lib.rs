@@ -6,14 +6,16 @@
 //!   upgrade, which hands the socket to [`ws`];
 //! - [`ws`] runs one connection: reads frames, parses them with [`protocol`], asks the
 //!   [`engine`], and writes replies and pushes from the connection's bounded queue;
-//! - [`engine`] owns rooms, membership, seq/ts assignment and fan-out to connections;
+//! - [`engine`] owns rooms, membership, seq/ts assignment, history and fan-out: an
+//!   authority decides each change, one apply path makes it durable, visible and pushed;
 //! - [`storage`] makes everything durable in RocksDB through one group-commit writer.
 //!
-//! In cluster mode (feature `redis`), `cluster` lets Redis decide each change and applies
-//! every node's changes from Redis's logs through the engine.
+//! In cluster mode (feature `redis`), `cluster` is the engine's authority: Redis decides each
+//! change, and every node applies every change from Redis's logs through the engine.
 //!
-//! [`auth`] checks tokens and API keys, [`config`] holds every setting, and [`error`] maps
-//! failures to protocol codes. [`run`] wires them together; `main.rs` and the tests share it.
+//! [`auth`] checks tokens and API keys, [`config`] holds every setting, and [`error`] holds the
+//! errors and their protocol codes. [`run`] wires them together; `main.rs` and the tests share
+//! it.
 
 pub mod auth;
 pub mod backup;
@@ -27,20 +29,28 @@ pub mod metrics;
 pub mod protocol;
 mod service;
 pub mod storage;
+mod sync;
 mod ws;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, StartError};
 
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("storage: {0}")]
-    Storage(#[from] storage::StorageError),
-    #[error("listener: {0}")]
-    Listener(#[from] std::io::Error),
+/// Who decides changes: the cluster when `cluster.redis_url` is set (feature `redis`), else
+/// this node.
+fn authority(
+    config: &Config,
+    storage: &storage::Storage,
+) -> Result<Arc<dyn engine::Authority>, StartError> {
+    #[cfg(feature = "redis")]
+    if config.cluster.redis_url.is_some() {
+        let cluster = cluster::Cluster::new(&config.cluster, storage)?;
+        return Ok(Arc::new(Arc::new(cluster)));
+    }
+    let _ = (config, storage);
+    Ok(Arc::new(engine::Local))
 }
 
 /// Serves chat-engine on `listener` until `shutdown` completes, then closes every connection
@@ -50,14 +60,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let engine = engine::Engine::open(config)?;
+    let storage = Arc::new(storage::Storage::open(&config.storage)?);
+    let authority = authority(&config, &storage)?;
+    let engine = engine::Engine::open(config, storage, authority)?;
     // The background duties never end; they only run while the server does.
     let background = smol::future::zip(
         smol::future::zip(
             service::feed_watchdog(engine.clone()),
             engine.enforce_retention(),
         ),
-        engine.cluster_duties(),
+        engine.authority_duties(),
     );
     let served = smol::future::or(http::serve(listener, engine.clone()), async {
         background.await;

@@ -509,3 +509,114 @@ fn a_redis_cluster_of_three_masters_serves_rooms_on_every_slot() {
         assert_eq!(history[&2]["text"], "ok");
     }
 }
+
+#[test]
+fn message_changes_are_decided_once_and_reach_every_node() {
+    if !available("message_changes_are_decided_once_and_reach_every_node") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    assert_eq!(
+        a.rest("PUT", "/v1/rooms/r-ch", Some(json!({"owner_id": "driver"})))
+            .0,
+        201
+    );
+    assert_eq!(a.rest("PUT", "/v1/rooms/r-ch/members/rider", None).0, 201);
+    let mut driver = a.ws("driver");
+    let mut rider = b.ws("rider");
+    let sent = driver.send_msg("r-ch", "eta 5");
+    assert_eq!(sent["seq"], 1);
+    rider.expect_push("message");
+
+    // An edit through A reaches B's member as a push, and B's history shows the target
+    // edited; a repeat that changes nothing is `ok` on either node.
+    driver.request_ok(
+        json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "eta 3"}),
+        "sent",
+    );
+    let push = rider.expect_push("message");
+    assert_eq!(
+        (
+            push["message"]["kind"].clone(),
+            push["message"]["target_seq"].clone()
+        ),
+        (json!("edit"), json!(1))
+    );
+    let mut driver_on_b = b.ws("driver");
+    driver_on_b.request_ok(
+        json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "eta 3"}),
+        "ok",
+    );
+    driver_on_b.request_err(
+        json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "x", "data": 1}),
+        "bad_request",
+    );
+    rider.request_err(
+        json!({"type": "delete", "room_id": "r-ch", "seq": 1}),
+        "forbidden",
+    );
+    rider.request_err(
+        json!({"type": "react", "room_id": "r-ch", "seq": 2, "reaction": "x"}),
+        "bad_request",
+    );
+    rider.request_err(
+        json!({"type": "react", "room_id": "r-ch", "seq": 50, "reaction": "x"}),
+        "not_found",
+    );
+
+    // The same reaction raced through both nodes at once is stored once: each node judges
+    // against its own state, and Redis accepts only a decision made on the current one.
+    let mut rider_on_a = a.ws("rider");
+    let react = json!({"type": "react", "room_id": "r-ch", "seq": 1, "reaction": "👍"});
+    for _ in 0..5 {
+        let (first, second) = std::thread::scope(|s| {
+            let one = s.spawn(|| rider.request(react.clone()));
+            let two = s.spawn(|| rider_on_a.request(react.clone()));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        let mut types = [first["type"].clone(), second["type"].clone()];
+        types.sort_by_key(|t| t.to_string());
+        assert_eq!(types, [json!("ok"), json!("sent")], "{first} {second}");
+        let unreact = json!({"type": "react", "room_id": "r-ch", "seq": 1, "reaction": "👍",
+                             "removed": true});
+        rider.request_ok(unreact, "sent");
+    }
+    rider.request_ok(react.clone(), "sent");
+
+    // RouteAPI moderates through B: a delete decided once, repeated as 204 with no change.
+    let path = "/v1/rooms/r-ch/messages/1";
+    assert_eq!(b.rest("DELETE", path, None).0, 204);
+    assert_eq!(a.rest("DELETE", path, None).0, 204);
+    driver.request_err(
+        json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "back"}),
+        "conflict",
+    );
+    // The message, the edit, five reactions and their removals, one more reaction, the delete.
+    let count = 2 + 10 + 1 + 1;
+    let (on_a, on_b) = (
+        a.history_of_size("r-ch", count),
+        b.history_of_size("r-ch", count),
+    );
+    assert_eq!(on_a.len(), count, "{on_a:?}");
+    assert_eq!(
+        serde_json::to_string(&on_a).unwrap(),
+        serde_json::to_string(&on_b).unwrap(),
+        "both nodes hold the same history"
+    );
+    let kinds: Vec<&str> = on_a.values().map(|m| m["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "delete").count(),
+        1,
+        "{kinds:?}"
+    );
+    for node in [&a, &b] {
+        let (status, target) = node.rest("GET", path, None);
+        assert_eq!(status, 200);
+        assert_eq!(target["message"]["deleted"], true, "{target}");
+        assert_eq!(target["message"]["reactions"], json!({"👍": ["rider"]}));
+    }
+}

@@ -2,13 +2,15 @@
 //! connection that commands go through, which the cluster's supervisor re-opens when it
 //! breaks, and dedicated connections for the log readers' blocking reads.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+use crate::sync::lock;
 
 /// How long a command may take before the connection counts as broken.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,16 +112,13 @@ impl Link {
 
     /// The command connection, if Redis is reachable.
     pub fn current(&self) -> Option<Conn> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.current).clone()
     }
 
     /// Opens the command connection; the supervisor calls it until it succeeds.
     pub async fn open(&self) -> RedisResult<Conn> {
         let conn = self.commands.connect().await?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        *lock(&self.current) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -130,10 +129,7 @@ impl Link {
 
     /// Drops the command connection after a failure and wakes the supervisor.
     pub fn broke(&self) {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        lock(&self.current).take();
         self.broken.notify(usize::MAX);
     }
 

@@ -13,18 +13,22 @@ mod scripts;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError, Value};
 
 use crate::config::ClusterConfig;
-use crate::engine::replica::{Applied, Change, MessageBody, RoomChange};
-use crate::engine::{Engine, Stamp};
-use crate::error::Error;
-use crate::protocol::{RoomId, UserId};
-use crate::storage::{keys, Cf, KeyWrite, Storage, StorageError};
+use crate::engine::{
+    Applied, Authority, Change, Decided, Durable, Engine, Judged, Made, Post, Proposal, Stamp,
+    Verdict,
+};
+use crate::error::{Error, StartError, StorageError};
+use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
+use crate::storage::{Batch, Storage};
+use crate::sync::lock;
 use link::{backoff, Conn, Link};
 use scripts::{
     dedup_field, log_key, shard_of, typing_key, RoomKeys, Scripts, IDENTITY_KEY, TYPING_LOG_LEN,
@@ -36,6 +40,8 @@ const READ_COUNT: usize = 512;
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Typing indicators on their way to Redis at once; more are dropped, as typing may be.
 const MAX_TYPING_IN_FLIGHT: usize = 256;
+/// Times a message change is decided again after Redis found its target changed meanwhile.
+const MAX_STALE_DECISIONS: usize = 8;
 
 /// The position of an entry in a shard's log: Redis stream id `<ms>-<seq>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,7 +138,7 @@ pub struct Cluster {
 }
 
 /// A change Redis has logged, not yet applied here.
-pub struct Pending {
+struct Pending {
     cluster: Arc<Cluster>,
     shard: u16,
     position: LogPosition,
@@ -140,33 +146,21 @@ pub struct Pending {
 
 impl Pending {
     /// Waits until this node has applied the change (and so made it durable and visible).
-    pub async fn applied(self) -> Result<(), Error> {
+    async fn applied(self) -> Result<(), Error> {
         self.cluster.wait_applied(self.shard, self.position).await
     }
-}
 
-/// What the send script decided.
-pub struct Decided {
-    pub stamp: Stamp,
-    /// False when the `client_msg_id` was seen before: `stamp` is the first send's.
-    pub created: bool,
-    pub pending: Pending,
-}
-
-/// Whether a room change was made now, or had been made before.
-pub enum Made {
-    Now,
-    Before,
+    fn durable(self) -> Durable {
+        Durable::Later(Box::pin(self.applied()))
+    }
 }
 
 impl Cluster {
     /// Reads this node's log positions; connects later, in [`Cluster::keep_up`].
-    pub fn new(config: &ClusterConfig, storage: &Storage) -> Result<Cluster, StorageError> {
+    pub fn new(config: &ClusterConfig, storage: &Storage) -> Result<Cluster, StartError> {
         let url = config.redis_url.as_deref().unwrap_or_default();
-        let link = Link::new(url, config.redis_cluster).map_err(|e| StorageError::Corrupt {
-            cf: "config",
-            reason: format!("cluster.redis_url {url:?}: {e}"),
-        })?;
+        let link = Link::new(url, config.redis_cluster)
+            .map_err(|e| StartError::Redis(format!("cluster.redis_url {url:?}: {e}")))?;
         let shards = (0..config.shards)
             .map(|shard| {
                 let stored = storage.cluster_position(shard)?;
@@ -187,7 +181,7 @@ impl Cluster {
     }
 
     /// Redis is reachable, every log has been read to its end once, and nothing was missed.
-    pub fn is_ready(&self) -> bool {
+    fn is_ready(&self) -> bool {
         self.link.current().is_some()
             && self.broken().is_none()
             && self
@@ -258,128 +252,196 @@ impl Cluster {
         })
     }
 
-    /// Asks Redis for the next seq of `room_id` and logs the message. `floor` is this
-    /// node's last stamp in the room, below which Redis never goes.
-    pub async fn send(
+    /// Decides a message, or a change to one. A change's rules are judged here, against
+    /// this node's applied state; the script accepts the decision only if the target has
+    /// had as many changes in Redis as here, and otherwise this node catches up and judges
+    /// again.
+    async fn post(
         self: &Arc<Self>,
+        engine: &Engine,
         room_id: &RoomId,
-        body: &MessageBody,
-        floor: Stamp,
+        post: &Post,
     ) -> Result<Decided, Error> {
         let shard = self.shard(room_id);
         let keys = RoomKeys::new(room_id, shard);
-        let sender = body.sender.as_ref().map(UserId::as_str);
-        let dedup = body
+        let sender = post.sender.as_ref().map(UserId::as_str);
+        let dedup = post
             .client_msg_id
             .as_deref()
             .map(|id| dedup_field(sender, id))
             .unwrap_or_default();
-        let encoded = serde_json::to_string(body).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut conn = self.conn()?;
-        let answer: Vec<String> = keys
-            .invoke(&self.scripts.send, room_id)
-            .arg(sender.unwrap_or(""))
-            .arg(dedup)
-            .arg(floor.seq)
-            .arg(floor.ts)
-            .arg(self.config.log_max_len)
-            .arg(encoded)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
-        match answer.as_slice() {
-            [word, seq, ts, id] if word == "new" || word == "repeat" => {
-                let number = |text: &str| {
-                    text.parse::<u64>().map_err(|_| {
-                        Error::Internal(format!("Redis answered a bad number {text:?}"))
-                    })
-                };
-                Ok(Decided {
-                    stamp: Stamp {
+        let encoded = serde_json::to_string(post).map_err(|e| Error::Internal(e.to_string()))?;
+        for _ in 0..MAX_STALE_DECISIONS {
+            let judged = engine.judge_change(room_id, post).await?;
+            let (target, version, nothing) = match &judged {
+                None => (String::new(), String::new(), false),
+                Some(Judged {
+                    target_seq,
+                    version,
+                    verdict,
+                }) => (
+                    target_seq.to_string(),
+                    version.map(|v| v.to_string()).unwrap_or_default(),
+                    *verdict == Verdict::Nothing,
+                ),
+            };
+            // Redis never goes below this node's last stamp in the room.
+            let floor = engine.last_stamp(room_id).unwrap_or_default();
+            let mut conn = self.conn()?;
+            let answer: Vec<String> = keys
+                .invoke(&self.scripts.send, room_id)
+                .arg(sender.unwrap_or(""))
+                .arg(&dedup)
+                .arg(floor.seq)
+                .arg(floor.ts)
+                .arg(self.config.log_max_len)
+                .arg(&encoded)
+                .arg(&target)
+                .arg(&version)
+                .arg(if nothing { "1" } else { "0" })
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let number = |text: &str| {
+                text.parse::<u64>()
+                    .map_err(|_| Error::Internal(format!("Redis answered a bad number {text:?}")))
+            };
+            return match answer.as_slice() {
+                [word, seq, ts, id] if word == "new" || word == "repeat" => Ok(Decided {
+                    made: if word == "new" {
+                        Made::Now
+                    } else {
+                        Made::Before
+                    },
+                    stamp: Some(Stamp {
                         seq: number(seq)?,
                         ts: number(ts)?,
-                    },
-                    created: word == "new",
-                    pending: self.pending(shard, id)?,
-                })
-            }
-            other => Err(refusal(room_id, other)),
+                    }),
+                    durable: self.pending(shard, id)?.durable(),
+                }),
+                [word, id] if word == "nothing" => Ok(Decided {
+                    made: Made::Nothing,
+                    stamp: None,
+                    durable: self.pending(shard, id)?.durable(),
+                }),
+                [word, id] if word == "stale" => {
+                    self.pending(shard, id)?.applied().await?;
+                    continue;
+                }
+                other => Err(refusal(room_id, other)),
+            };
         }
+        Err(Error::Unavailable(format!(
+            "message {} of room {room_id} kept changing while this change was decided; retry",
+            post.target_seq().unwrap_or_default()
+        )))
     }
 
-    /// Runs a room-change script: `args` go between the room id and the change, `extra`
-    /// after it. Waits until this node has applied the change (or, when it was made
-    /// before, everything logged until now).
-    async fn change(
-        self: &Arc<Self>,
-        script: &redis::Script,
-        change: &RoomChange,
-        args: &[&str],
-        extra: &[&str],
-    ) -> Result<Made, Error> {
+    /// Decides a room's creation, close, membership change or read marker.
+    async fn room_change(self: &Arc<Self>, proposal: Proposal) -> Result<Decided, Error> {
+        let (script, change, args, members) = match proposal {
+            Proposal::Create {
+                room_id,
+                kind,
+                owner,
+                members,
+            } => {
+                let kind_word = match kind {
+                    RoomKind::Route => "route",
+                    RoomKind::Direct => "direct",
+                };
+                let args = vec![
+                    kind_word.to_owned(),
+                    owner.as_ref().map(UserId::to_string).unwrap_or_default(),
+                ];
+                let member_args = members.iter().map(UserId::to_string).collect();
+                let change = Change::Created {
+                    room_id,
+                    kind,
+                    owner,
+                    members,
+                    ts: now_ms(),
+                };
+                (&self.scripts.create, change, args, member_args)
+            }
+            Proposal::Close { room_id } => {
+                let change = Change::Closed {
+                    room_id,
+                    ts: now_ms(),
+                };
+                (&self.scripts.close, change, Vec::new(), Vec::new())
+            }
+            Proposal::Join { room_id, user_id } => (
+                &self.scripts.join,
+                Change::Joined {
+                    room_id,
+                    user_id: user_id.clone(),
+                },
+                vec![user_id.to_string()],
+                Vec::new(),
+            ),
+            Proposal::Leave { room_id, user_id } => (
+                &self.scripts.leave,
+                Change::Left {
+                    room_id,
+                    user_id: user_id.clone(),
+                },
+                vec![user_id.to_string()],
+                Vec::new(),
+            ),
+            Proposal::Read {
+                room_id,
+                user_id,
+                seq,
+            } => (
+                &self.scripts.read,
+                Change::Read {
+                    room_id,
+                    user_id: user_id.clone(),
+                    seq,
+                },
+                vec![user_id.to_string()],
+                Vec::new(),
+            ),
+            Proposal::Post { .. } => {
+                return Err(Error::Internal(
+                    "posts are decided by the send script".into(),
+                ))
+            }
+        };
         let room_id = change.room_id();
         let shard = self.shard(room_id);
         let keys = RoomKeys::new(room_id, shard);
-        let encoded = serde_json::to_string(change).map_err(|e| Error::Internal(e.to_string()))?;
+        let encoded = serde_json::to_string(&change).map_err(|e| Error::Internal(e.to_string()))?;
         let mut invocation = keys.invoke(script, room_id);
-        for arg in args {
-            invocation.arg(*arg);
+        for arg in &args {
+            invocation.arg(arg);
         }
         invocation.arg(self.config.log_max_len).arg(encoded);
-        for arg in extra {
-            invocation.arg(*arg);
+        for member in &members {
+            invocation.arg(member);
         }
         let mut conn = self.conn()?;
         let answer: Vec<String> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
+        // A change made before waits for everything logged until now, so the answer holds.
         let (made, id) = match answer.as_slice() {
             [word, id] if word == "changed" => (Made::Now, id),
             [word, id] if word == "unchanged" => (Made::Before, id),
             other => return Err(refusal(room_id, other)),
         };
-        self.pending(shard, id)?.applied().await?;
-        Ok(made)
-    }
-
-    /// Creates a room (route or direct) unless it exists with the same kind and owner.
-    pub async fn create(self: &Arc<Self>, change: &RoomChange) -> Result<Made, Error> {
-        let RoomChange::Created {
-            kind,
-            owner,
-            members,
-            ..
-        } = change
-        else {
-            return Err(Error::Internal("create takes a Created change".into()));
-        };
-        let kind = serde_json::to_value(kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let owner = owner.as_ref().map(UserId::as_str).unwrap_or("");
-        let members: Vec<&str> = members.iter().map(UserId::as_str).collect();
-        self.change(&self.scripts.create, change, &[&kind, owner], &members)
-            .await
-    }
-
-    /// Joins, removes, closes or moves a read marker.
-    pub async fn update(self: &Arc<Self>, change: &RoomChange) -> Result<Made, Error> {
-        let (script, user) = match change {
-            RoomChange::Joined { user_id, .. } => (&self.scripts.join, Some(user_id)),
-            RoomChange::Left { user_id, .. } => (&self.scripts.leave, Some(user_id)),
-            RoomChange::Read { user_id, .. } => (&self.scripts.read, Some(user_id)),
-            RoomChange::Closed { .. } => (&self.scripts.close, None),
-            RoomChange::Created { .. } => return self.create(change).await,
-        };
-        let args: Vec<&str> = user.map(UserId::as_str).into_iter().collect();
-        self.change(script, change, &args, &[]).await
+        Ok(Decided {
+            made,
+            stamp: None,
+            durable: self.pending(shard, id)?.durable(),
+        })
     }
 
     /// Sends a typing indicator to every node (this one included), best effort: dropped
     /// while Redis is unreachable or too many are on their way.
-    pub fn typing(self: &Arc<Self>, room_id: &RoomId, user: &UserId) {
+    fn typing(self: &Arc<Self>, room_id: &RoomId, user: &UserId) {
         let Ok(mut conn) = self.conn() else {
             return;
         };
@@ -410,7 +472,7 @@ impl Cluster {
 
     /// Keeps the command connection open: reconnects with backoff and jitter while Redis
     /// is unreachable, checks the data set's identity on every connect, and pings.
-    pub async fn keep_up(&self, engine: &Engine) {
+    async fn keep_up(&self, engine: &Engine) {
         let mut attempt = 0;
         loop {
             let Some(mut conn) = self.link.current() else {
@@ -474,8 +536,9 @@ impl Cluster {
                 Ok(())
             }
             None => {
-                let write = KeyWrite::put(Cf::Meta, keys::META_CLUSTER_EPOCH, &epoch.to_owned());
-                if let Err(e) = engine.write_meta(vec![write]).await {
+                let mut batch = Batch::new();
+                batch.cluster_epoch(epoch);
+                if let Err(e) = engine.persist(batch).await {
                     log::warn!("cluster: cannot record the data set's name: {e}");
                     return Ok(());
                 }
@@ -487,7 +550,7 @@ impl Cluster {
 
     /// Reads shard `shard`'s log from this node's position and applies it, forever;
     /// reconnects with backoff when the read fails.
-    pub async fn follow(&self, engine: &Engine, shard: u16) {
+    async fn follow(&self, engine: &Engine, shard: u16) {
         let (log, typing) = (log_key(shard), typing_key(shard));
         let progress = &self.shards[usize::from(shard)];
         let options = StreamReadOptions::default()
@@ -592,7 +655,7 @@ impl Cluster {
                     continue;
                 }
             };
-            let Applied { completion, gap } = engine.apply(change).await;
+            let Applied { completion, gap } = engine.apply(change).await?;
             if let Some(missing) = gap {
                 self.set_broken(format!(
                     "log {shard} no longer holds {missing} (the node was away longer than \
@@ -604,8 +667,9 @@ impl Cluster {
         for completion in completions {
             completion.wait().await?;
         }
-        let position = KeyWrite::put(Cf::Meta, &keys::cluster_position(shard), &(last.0, last.1));
-        engine.write_meta(vec![position]).await?;
+        let mut batch = Batch::new();
+        batch.cluster_position(shard, (last.0, last.1));
+        engine.persist(batch).await?;
         self.shards[usize::from(shard)].advance(last);
         Ok(())
     }
@@ -619,23 +683,17 @@ fn change_of(entry: &redis::streams::StreamId) -> Result<Change, String> {
             .ok_or_else(|| format!("no {name} field"))
     };
     if let Ok(change) = field("change") {
-        return serde_json::from_str(&change)
-            .map(Change::Room)
-            .map_err(|e| e.to_string());
+        return serde_json::from_str(&change).map_err(|e| e.to_string());
     }
     let room_id = RoomId::parse(&field("room")?).map_err(|e| e.to_string())?;
     let number = |name: &str| -> Result<u64, String> {
         field(name)?.parse().map_err(|_| format!("bad {name}"))
     };
-    let stamp = Stamp {
+    Ok(Change::Posted {
+        room_id,
         seq: number("seq")?,
         ts: number("ts")?,
-    };
-    let body = serde_json::from_str(&field("message")?).map_err(|e| e.to_string())?;
-    Ok(Change::Message {
-        room_id,
-        stamp,
-        body,
+        post: serde_json::from_str(&field("message")?).map_err(|e| e.to_string())?,
     })
 }
 
@@ -643,16 +701,57 @@ fn change_of(entry: &redis::streams::StreamId) -> Result<Change, String> {
 fn refusal(room_id: &RoomId, answer: &[String]) -> Error {
     match answer.first().map(String::as_str) {
         Some("not_found") => Error::room_not_found(room_id.as_str()),
-        Some("not_member") => Error::NotMember(room_id.to_string()),
-        Some("conflict") => crate::engine::membership::owner_conflict(room_id),
-        Some("closed") => crate::engine::membership::closed_id_reused(room_id),
-        Some("forbidden") => crate::engine::membership::direct_unchangeable(),
+        Some("no_message") => Error::message_not_found(
+            room_id.as_str(),
+            answer
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default(),
+        ),
+        Some("not_member") => Error::not_member(room_id.as_str()),
+        Some("conflict") => Error::owner_conflict(room_id.as_str()),
+        Some("closed") => Error::closed_id_reused(room_id.as_str()),
+        Some("forbidden") => Error::direct_unchangeable(),
         _ => Error::Internal(format!("Redis answered {answer:?}")),
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+impl Authority for Arc<Cluster> {
+    fn decide<'a>(
+        &'a self,
+        engine: &'a Engine,
+        proposal: Proposal,
+    ) -> BoxFuture<'a, Result<Decided, Error>> {
+        Box::pin(async move {
+            match proposal {
+                Proposal::Post { room_id, post } => self.post(engine, &room_id, &post).await,
+                other => self.room_change(other).await,
+            }
+        })
+    }
+
+    fn typing(&self, _engine: &Engine, room_id: &RoomId, user: &UserId) {
+        Cluster::typing(self, room_id, user);
+    }
+
+    fn is_ready(&self) -> bool {
+        Cluster::is_ready(self)
+    }
+
+    /// Keeps the Redis connection up and applies every shard's log.
+    fn duties<'a>(&'a self, engine: &'a Engine) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let followers = (0..self.config.shards)
+                .map(|shard| {
+                    let (cluster, engine) = (self.clone(), engine.clone());
+                    smol::spawn(async move { cluster.follow(&engine, shard).await })
+                })
+                .collect::<Vec<_>>();
+            self.keep_up(engine).await;
+            drop(followers);
+            std::future::pending::<()>().await
+        })
+    }
 }
 
 #[cfg(test)]

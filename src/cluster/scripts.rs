@@ -7,11 +7,12 @@
 //! - `ce:{ce:S}:room:<room id>`: hash `state` (`open` or `closed`), `kind`, `owner` (empty
 //!   for direct rooms), and the last `seq` and `ts` handed out;
 //! - `ce:{ce:S}:members:<room id>`: set of user ids;
-//! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`,
-//!   deleted with the members when the room closes;
+//! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`, and
+//!   `t<seq>` -> how many changes message `seq` has had; deleted with the members when the
+//!   room closes;
 //! - `ce:{ce:S}:log`: the shard's log, a stream capped at about `cluster.log_max_len`
-//!   entries. Each entry has `room`, and either `change` (a JSON `RoomChange`) or `seq`,
-//!   `ts` and `message` (a JSON `MessageBody`);
+//!   entries. Each entry has `room`, and either `change` (a JSON `Change` of a room's life,
+//!   membership or read marker) or `seq`, `ts` and `message` (a JSON `Post`);
 //! - `ce:{ce:S}:typing`: typing indicators (`room`, `user`), a stream capped at about
 //!   [`TYPING_LOG_LEN`] entries, read only from its end: best effort, never replayed.
 //!
@@ -105,8 +106,16 @@ end
 
 /// KEYS: room, members, dedup, log. ARGV: room id, sender ('' for RouteAPI), dedup field
 /// ('' for none), floor seq, floor ts (the asking node's last; never go below them), max
-/// log length, message body.
-/// Answers `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`, or an error word.
+/// log length, message body, then for a message change: the target's seq ('' for a new
+/// message), its change count on the asking node ('' when that node does not have it yet),
+/// and '1' when the node judged that the change changes nothing.
+///
+/// A change is accepted only if the target has had exactly as many changes here as on the
+/// asking node, whose rules judged it; otherwise it answers `stale` with the log's last id,
+/// and the node catches up to there and judges again. Each accepted change counts one more
+/// for its target, in the dedup hash under `t<seq>` (no dedup field starts with a letter).
+/// Answers `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`, `{'nothing', last id}`,
+/// `{'stale', last id}`, or an error word.
 const SEND: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {'not_found'} end
 if ARGV[2] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
@@ -120,6 +129,16 @@ if ARGV[3] ~= '' then
   end
 end
 local last = redis.call('HMGET', KEYS[1], 'seq', 'ts')
+if ARGV[8] ~= '' then
+  if ARGV[9] == '' then
+    if tonumber(ARGV[8]) > tonumber(last[1]) then return {'no_message', ARGV[8]} end
+    return {'stale', last_id(KEYS[4])}
+  end
+  local changes = tonumber(redis.call('HGET', KEYS[3], 't' .. ARGV[8]) or '0')
+  if changes ~= tonumber(ARGV[9]) then return {'stale', last_id(KEYS[4])} end
+  if ARGV[10] == '1' then return {'nothing', last_id(KEYS[4])} end
+  redis.call('HINCRBY', KEYS[3], 't' .. ARGV[8], 1)
+end
 local seq = math.max(tonumber(last[1]), tonumber(ARGV[4])) + 1
 local ts = math.max(now_ms(), tonumber(last[2]) + 1, tonumber(ARGV[5]) + 1)
 seq, ts = string.format('%d', seq), string.format('%d', ts)

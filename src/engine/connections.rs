@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, UserId};
+use crate::sync::lock;
 
 /// WebSocket close codes the server uses.
 pub mod close_code {
@@ -190,14 +191,6 @@ impl Registry {
     pub fn count(&self) -> usize {
         lock(&self.by_user).values().map(Vec::len).sum()
     }
-}
-
-/// Locks a mutex, carrying on if a panicking thread poisoned it: every critical section
-/// here leaves the data consistent at each step, so the data is still good.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

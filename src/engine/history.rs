@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 
-use super::{message_from_record, Engine};
-use crate::error::Error;
+use super::records::message_from_record;
+use super::room::Room;
+use super::Engine;
+use crate::error::{Error, StorageError};
 use crate::protocol::{
     HistoryQuery, Message, RoomId, UserId, DEFAULT_BEFORE_LIMIT, DEFAULT_SINCE_LIMIT,
 };
-use crate::storage::{SeqRange, Storage, StorageError};
+use crate::storage::{SeqRange, Storage};
 
 /// A page of history, oldest first.
 pub struct Page {
@@ -91,7 +93,7 @@ impl Engine {
                 let state = room.state();
                 if let Some(user) = reader {
                     if !state.is_member(user) {
-                        return Err(Error::NotMember(room_id.to_string()));
+                        return Err(Error::not_member(room_id.as_str()));
                     }
                 }
                 let span = Span {
@@ -149,7 +151,8 @@ impl Engine {
         })
     }
 
-    /// The stored message `seq` of a room (REST's answer to a repeated `client_msg_id`).
+    /// Message `seq` of a room in its current state (`GET .../messages/{seq}`, and REST's
+    /// answers with a stored message). Closed rooms' kept history can be read too.
     pub async fn message_at(&self, room_id: &RoomId, seq: u64) -> Result<Arc<Message>, Error> {
         let query = HistoryQuery {
             since_seq: Some(seq.saturating_sub(1)),
@@ -160,7 +163,22 @@ impl Engine {
         page.messages
             .into_iter()
             .find(|m| m.seq == seq)
-            .ok_or_else(|| Error::Internal(format!("message {seq} of {room_id} is missing")))
+            .ok_or_else(|| Error::message_not_found(room_id.as_str(), seq))
+    }
+
+    /// Message `seq` of `room` as stored, read off the executor.
+    pub(super) async fn stored_message(
+        &self,
+        room: &Room,
+        seq: u64,
+    ) -> Result<Option<Arc<Message>>, Error> {
+        let (number, room_id) = (room.number, room.id.clone());
+        self.read_storage(move |s| {
+            s.message(number, seq)?
+                .map(|record| message_from_record(&room_id, seq, record).map(Arc::new))
+                .transpose()
+        })
+        .await
     }
 
     async fn closed_room_span(&self, room_id: &RoomId) -> Result<Span, Error> {

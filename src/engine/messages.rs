@@ -1,23 +1,11 @@
-//! Sending messages (seq/ts, dedup, durability, fan-out), read markers, typing, and the
-//! user's room list with unread counts.
+//! Sending messages, read markers, typing, and the user's room list with unread counts.
 
-use std::sync::Arc;
-
-use super::room::{DedupKey, Room, RoomState, Stamp};
-use super::{Completion, Engine, Priority};
+use super::change::{Decided, Made, Post, Proposal};
+use super::room::{DedupKey, Room, Stamp};
+use super::{Durable, Engine, Priority};
 use crate::error::Error;
-use crate::protocol::{
-    encode, now_ms, Message, MessageKind, NewMessage, RoomId, RoomView, ServerFrame, UserId,
-};
-use crate::storage::writer::Slot;
-use crate::storage::{keys, Cf, KeyWrite, MessageRecord, StampRecord};
-
-/// A new message's text, data and `client_msg_id`.
-pub(super) type MessageParts = (
-    String,
-    Option<Box<serde_json::value::RawValue>>,
-    Option<String>,
-);
+use crate::protocol::{encode, NewMessage, RoomId, RoomView, ServerFrame, UserId};
+use crate::sync::lock;
 
 /// What a send produced.
 pub struct Sent {
@@ -26,33 +14,35 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// A send with its seq assigned and its write queued, not yet durable.
+/// A send (or change) with its seq assigned and its write queued, not yet durable.
 pub struct Accepted {
-    sent: Sent,
-    durability: Durability,
-}
-
-/// What an accepted send still waits for.
-enum Durability {
-    /// Nothing: the answer came from disk.
-    Done,
-    /// This node's commit.
-    Commit(Completion),
-    /// This node applying the message from the cluster log.
-    #[cfg(feature = "redis")]
-    Applied(crate::cluster::Pending),
+    /// `None` for a change that changes nothing (answered `ok`).
+    sent: Option<Sent>,
+    durable: Durable,
 }
 
 impl Accepted {
     /// Waits until the message is durable (and so visible and pushed).
-    pub async fn durable(self) -> Result<Sent, Error> {
-        match self.durability {
-            Durability::Done => {}
-            Durability::Commit(completion) => completion.wait().await?,
-            #[cfg(feature = "redis")]
-            Durability::Applied(pending) => pending.applied().await?,
-        }
+    pub async fn durable(self) -> Result<Option<Sent>, Error> {
+        self.durable.wait().await?;
         Ok(self.sent)
+    }
+
+    fn of(decided: Decided) -> Result<Accepted, Error> {
+        let Decided {
+            made,
+            stamp,
+            durable,
+        } = decided;
+        let sent = match (made, stamp) {
+            (Made::Nothing, _) => None,
+            (made, Some(stamp)) => Some(Sent {
+                stamp,
+                created: made == Made::Now,
+            }),
+            (_, None) => return Err(Error::Internal("a post was decided with no seq".into())),
+        };
+        Ok(Accepted { sent, durable })
     }
 }
 
@@ -65,10 +55,12 @@ impl Engine {
         sender: Option<&UserId>,
         message: NewMessage,
     ) -> Result<Sent, Error> {
-        self.accept_send(room_id, sender, message)
+        let sent = self
+            .accept_send(room_id, sender, message)
             .await?
             .durable()
-            .await
+            .await?;
+        sent.ok_or_else(|| Error::Internal("a send changed nothing".into()))
     }
 
     /// The first half of [`Engine::send`]: assigns the seq and queues the write, without
@@ -81,142 +73,33 @@ impl Engine {
         message: NewMessage,
     ) -> Result<Accepted, Error> {
         message.validate(self.inner.config.limits.max_message_bytes)?;
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = self.cluster() {
-            let (text, data, client_msg_id) = message.into_parts();
-            let body = super::replica::MessageBody {
-                sender: sender.cloned(),
-                text,
-                data,
-                client_msg_id,
-            };
-            let floor = self.room(room_id).map(|room| room.state().assigned);
-            let decided = cluster
-                .send(room_id, &body, floor.unwrap_or_default())
-                .await?;
-            return Ok(Accepted {
-                sent: Sent {
-                    stamp: decided.stamp,
-                    created: decided.created,
-                },
-                durability: Durability::Applied(decided.pending),
-            });
-        }
-        let room = self.open_room(room_id)?;
         let (text, data, client_msg_id) = message.into_parts();
-        let dedup_key: Option<DedupKey> = client_msg_id.clone().map(|id| (sender.cloned(), id));
-        let mut known_evictions = None;
-        loop {
-            let slot = self.inner.writer.reserve().await;
-            // Decide under the room's lock; every wait happens after it is released.
-            let step = {
-                let mut state = room.state();
-                check_can_post(&room, &state, sender)?;
-                let known = dedup_key.as_ref().and_then(|key| state.dedup_lookup(key));
-                let window_may_miss = dedup_key.is_some()
-                    && !state.dedup_complete
-                    && known_evictions != Some(state.dedup_evictions);
-                if let Some(stamp) = known {
-                    // A repeat: answer with the first send's result once it is durable.
-                    let barrier = self.submit(slot, &room, Vec::new(), Vec::new());
-                    SendStep::Repeat(stamp, barrier)
-                } else if window_may_miss {
-                    // The window may have lost this id to disk: look there unlocked, then
-                    // decide again. Unchanged evictions mean nothing left the window since.
-                    known_evictions = Some(state.dedup_evictions);
-                    SendStep::CheckDisk
-                } else {
-                    let stamp = state.assigned.next(now_ms());
-                    let completion = self.store_message(
-                        slot,
-                        &room,
-                        &mut state,
-                        stamp,
-                        sender,
-                        (text.clone(), data.clone(), client_msg_id.clone()),
-                    );
-                    SendStep::New(stamp, completion)
-                }
-            };
-            let accepted = |stamp, created, durability| Accepted {
-                sent: Sent { stamp, created },
-                durability,
-            };
-            match step {
-                SendStep::Repeat(stamp, barrier) => {
-                    return Ok(accepted(stamp, false, Durability::Commit(barrier)));
-                }
-                SendStep::CheckDisk => {
-                    if let Some(key) = &dedup_key {
-                        if let Some(stamp) = self.stored_dedup(&room, key).await? {
-                            return Ok(accepted(stamp, false, Durability::Done));
-                        }
-                    }
-                }
-                SendStep::New(stamp, completion) => {
-                    return Ok(accepted(stamp, true, Durability::Commit(completion)));
-                }
-            }
-        }
-    }
-
-    /// Assigns `stamp` to a new message in `room` and queues its write; once durable it
-    /// joins the cache and is pushed to the room's members.
-    pub(super) fn store_message(
-        &self,
-        slot: Slot,
-        room: &Arc<Room>,
-        state: &mut RoomState,
-        stamp: Stamp,
-        sender: Option<&UserId>,
-        (text, data, client_msg_id): MessageParts,
-    ) -> Completion {
-        state.assigned = stamp;
-        let message = Arc::new(Message {
-            room_id: room.id.clone(),
-            seq: stamp.seq,
-            ts: stamp.ts,
+        let post = Post {
             sender: sender.cloned(),
-            kind: if sender.is_some() {
-                MessageKind::Text
-            } else {
-                MessageKind::System
-            },
+            change: None,
             text,
             data,
             client_msg_id,
-        });
-        let mut writes = vec![KeyWrite::put(
-            Cf::Messages,
-            &keys::message(room.number, stamp.seq),
-            &record_of(&message),
-        )];
-        if let Some(id) = &message.client_msg_id {
-            let dedup = StampRecord {
-                seq: stamp.seq,
-                ts: stamp.ts,
-            };
-            writes.push(KeyWrite::put(
-                Cf::Dedup,
-                &keys::dedup(room.number, sender.map(UserId::as_str), id),
-                &dedup,
-            ));
-            state.dedup_insert((sender.cloned(), id.clone()), stamp);
-        }
-        let audience = state.audience.clone();
-        let committed_room = room.clone();
-        self.submit_with(slot, room, writes, move |engine| {
-            committed_room.state().commit(message.clone());
-            engine.inner.metrics.messages_stored.inc();
-            let frame = encode(&ServerFrame::Message { message: &message });
-            engine
-                .inner
-                .connections
-                .deliver(&audience, None, &frame, Priority::Keep);
-        })
+        };
+        self.accept_post(room_id, post).await
     }
 
-    async fn stored_dedup(&self, room: &Room, key: &DedupKey) -> Result<Option<Stamp>, Error> {
+    /// Has `post` decided: a send, or a change (changes.rs).
+    pub(super) async fn accept_post(
+        &self,
+        room_id: &RoomId,
+        post: Post,
+    ) -> Result<Accepted, Error> {
+        let room_id = room_id.clone();
+        Accepted::of(self.propose(Proposal::Post { room_id, post }).await?)
+    }
+
+    /// The stamp a repeated `client_msg_id` was first answered with, from disk.
+    pub(super) async fn stored_dedup(
+        &self,
+        room: &Room,
+        key: &DedupKey,
+    ) -> Result<Option<Stamp>, Error> {
         let (number, sender, id) = (room.number, key.0.clone(), key.1.clone());
         let found = self
             .read_storage(move |s| s.dedup(number, sender.as_ref().map(UserId::as_str), &id))
@@ -231,72 +114,28 @@ impl Engine {
     /// message).
     pub async fn mark_read(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
         let room = self.open_room(room_id)?;
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = self.cluster() {
-            let seq = {
-                let state = room.state();
-                if !state.is_member(user) {
-                    return Err(Error::NotMember(room_id.to_string()));
-                }
-                seq.min(state.committed.seq)
-            };
-            let change = super::replica::RoomChange::Read {
-                room_id: room_id.clone(),
-                user_id: user.clone(),
-                seq,
-            };
-            return cluster.update(&change).await.map(|_| ());
-        }
-        let slot = self.inner.writer.reserve().await;
-        let completion = {
-            let mut state = room.state();
-            let committed = state.committed.seq;
-            self.move_read_marker(slot, &room, &mut state, user, seq.min(committed))?
+        let seq = seq.min(room.state().committed.seq);
+        let proposal = Proposal::Read {
+            room_id: room_id.clone(),
+            user_id: user.clone(),
+            seq,
         };
-        completion.wait().await
-    }
-
-    /// Moves `user`'s read marker in `room` forward to `seq` (never back) and queues its
-    /// write. The caller caps `seq` at the last message.
-    pub(super) fn move_read_marker(
-        &self,
-        slot: Slot,
-        room: &Arc<Room>,
-        state: &mut RoomState,
-        user: &UserId,
-        seq: u64,
-    ) -> Result<Completion, Error> {
-        let member = state
-            .members
-            .get_mut(user)
-            .ok_or_else(|| Error::NotMember(room.id.to_string()))?;
-        member.read_seq = member.read_seq.max(seq);
-        let write = KeyWrite::put(
-            Cf::Reads,
-            &keys::pair(user.as_str(), room.id.as_str()),
-            &member.read_seq,
-        );
-        Ok(self.submit(slot, room, vec![write], Vec::new()))
+        self.propose(proposal).await?.durable.wait().await
     }
 
     /// `typing`: tells the room's other members, best effort (never stored).
     pub fn typing(&self, user: &UserId, room_id: &RoomId) -> Result<(), Error> {
         let room = self.open_room(room_id)?;
         if !room.state().is_member(user) {
-            return Err(Error::NotMember(room_id.to_string()));
+            return Err(Error::not_member(room_id.as_str()));
         }
         // In cluster mode it reaches every node's members through Redis, this node's too.
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = self.cluster() {
-            cluster.typing(room_id, user);
-            return Ok(());
-        }
-        self.push_typing(room_id, user);
+        self.inner.authority.typing(self, room_id, user);
         Ok(())
     }
 
     /// Pushes `typing` to the members of `room_id` other than `user`, if `user` is one.
-    pub(crate) fn push_typing(&self, room_id: &RoomId, user: &UserId) {
+    pub fn push_typing(&self, room_id: &RoomId, user: &UserId) {
         let Some(room) = self.room(room_id) else {
             return;
         };
@@ -318,7 +157,7 @@ impl Engine {
 
     /// `rooms`: every room of the user with its unread count, most recently active first.
     pub async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomView>, Error> {
-        let ids: Vec<RoomId> = super::lock(&self.inner.user_rooms)
+        let ids: Vec<RoomId> = lock(&self.inner.user_rooms)
             .get(user)
             .map(|rooms| rooms.iter().cloned().collect())
             .unwrap_or_default();
@@ -337,7 +176,9 @@ impl Engine {
             let in_cache = state
                 .recent
                 .iter()
-                .filter(|m| m.seq > marker && m.sender.as_ref() != Some(user))
+                .filter(|m| {
+                    m.seq > marker && m.kind.is_content() && m.sender.as_ref() != Some(user)
+                })
                 .count() as u64;
             if marker + 1 < cache_first {
                 from_disk.push((views.len(), room.number, marker, cache_first - 1));
@@ -351,7 +192,7 @@ impl Engine {
                     from_disk
                         .into_iter()
                         .map(|(i, number, after, upto)| {
-                            Ok((i, s.count_not_from(number, after, upto, user.as_str())?))
+                            Ok((i, s.count_unread(number, after, upto, user.as_str())?))
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })
@@ -368,39 +209,5 @@ impl Engine {
                 .then_with(|| a.room_id.cmp(&b.room_id))
         });
         Ok(views)
-    }
-}
-
-/// What a send does after deciding under the room's lock.
-enum SendStep {
-    /// A repeated `client_msg_id`, answered once the first send is durable.
-    Repeat(Stamp, super::Completion),
-    /// The id may be on disk only: look, then decide again.
-    CheckDisk,
-    /// A new message, durable when the completion resolves.
-    New(Stamp, super::Completion),
-}
-
-/// Whether `sender` may post in `room` now.
-fn check_can_post(
-    room: &Room,
-    state: &super::room::RoomState,
-    sender: Option<&UserId>,
-) -> Result<(), Error> {
-    room.ensure_open(state)?;
-    match sender {
-        Some(user) if !state.is_member(user) => Err(Error::NotMember(room.id.to_string())),
-        _ => Ok(()),
-    }
-}
-
-fn record_of(message: &Message) -> MessageRecord {
-    MessageRecord {
-        ts: message.ts,
-        sender: message.sender.as_ref().map(|s| s.to_string()),
-        kind: message.kind,
-        text: message.text.clone(),
-        data: message.data.as_ref().map(|d| d.get().to_owned()),
-        client_msg_id: message.client_msg_id.clone(),
     }
 }

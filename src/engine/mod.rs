@@ -1,38 +1,56 @@
 //! The engine: rooms, membership, seq/ts assignment, history and fan-out, behind one
 //! cheap-to-clone handle shared by the HTTP and WebSocket layers.
 //!
-//! Every change follows one path: decide under the room's lock, submit the writes to the
-//! group-commit writer (still under the lock, so a room's writes queue in decision order),
-//! release the lock, and wait for the commit. Once durable, the writer thread makes the
-//! change visible and pushes it, in commit order. So nothing is seen before it is on disk,
-//! and a room's pushes leave in seq order.
+//! Every change follows one path (docs/architecture.md): an operation (membership.rs,
+//! messages.rs, changes.rs) validates a request and makes a [`Proposal`]; the [`Authority`]
+//! decides it ([`Local`] under the room's lock, or the cluster through Redis); apply.rs turns
+//! the decided [`Change`] into writes, the room's transition and [`Event`]s; commit.rs hands
+//! the writes to the group-commit writer and, once they are durable, makes the change visible
+//! and publishes its events, in commit order. So nothing is seen before it is on disk, and a
+//! room's pushes leave in seq order.
 
+mod apply;
+mod authority;
+mod change;
+mod changes;
+mod commit;
 pub mod connections;
+mod events;
 mod history;
+mod load;
+mod local;
 pub mod membership;
 mod messages;
-#[cfg(feature = "redis")]
-pub mod replica;
+mod records;
 mod retention;
 mod room;
+mod rules;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
+pub use apply::Applied;
+pub use authority::Authority;
+pub use change::{Amendment, Change, Decided, Made, Post, Proposal};
+pub use changes::Judged;
+pub use commit::{Completion, Durable};
 pub use connections::{close_code, Connection, ConnectionQueues, Priority};
-use connections::{lock, QueueLimits, Registry};
+use connections::{QueueLimits, Registry};
+pub use events::{Event, Subscriber};
+pub use local::Local;
+pub use messages::{Accepted, Sent};
+use room::Room;
 pub use room::Stamp;
-use room::{Member, Room, RoomState};
+pub use rules::Verdict;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, StorageError};
 use crate::metrics::Metrics;
-use crate::protocol::{Frame, Message, RoomId, UserId};
-use crate::storage::writer::Slot;
-use crate::storage::{KeyWrite, MessageRecord, SeqRange, Storage, StorageError, WriteOp, Writer};
+use crate::protocol::{RoomId, UserId};
+use crate::storage::{Storage, Writer};
 
 /// The shared handle. Clones share one engine.
 #[derive(Clone)]
@@ -45,11 +63,15 @@ struct Shared {
     auth: Authenticator,
     storage: Arc<Storage>,
     writer: Writer,
+    /// Who decides changes: this node, or the cluster.
+    authority: Arc<dyn Authority>,
+    /// Who hears of every durable change, in commit order.
+    subscribers: Vec<Arc<dyn Subscriber>>,
     /// Every open room.
     rooms: RwLock<HashMap<RoomId, Arc<Room>>>,
     /// Each user's open rooms: the index behind `rooms` and the direct-room policy.
     user_rooms: Mutex<HashMap<UserId, HashSet<RoomId>>>,
-    connections: Registry,
+    connections: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Serialises creating and closing rooms, which consult disk tombstones and allocate
     /// room numbers. Taken only off the executor (writer thread, `unblock`).
@@ -57,96 +79,23 @@ struct Shared {
     next_room_number: AtomicU64,
     /// False after a failed write until one succeeds again (`/readyz`).
     storage_ok: AtomicBool,
-    /// Cluster mode: Redis decides changes, and this node applies them from its logs.
-    #[cfg(feature = "redis")]
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-}
-
-/// Pushes to make once a write is durable.
-pub struct Delivery {
-    pub users: Arc<[UserId]>,
-    pub skip: Option<UserId>,
-    pub frame: Frame,
-}
-
-impl Delivery {
-    pub fn to(user: &UserId, frame: Frame) -> Delivery {
-        Delivery {
-            users: Arc::from(vec![user.clone()]),
-            skip: None,
-            frame,
-        }
-    }
-}
-
-/// Resolves when a submitted write has committed (or failed).
-pub struct Completion(async_channel::Receiver<Result<(), StorageError>>);
-
-impl Completion {
-    pub async fn wait(self) -> Result<(), Error> {
-        match self.0.recv().await {
-            Ok(result) => result.map_err(Error::from),
-            Err(_) => Err(StorageError::Closed.into()),
-        }
-    }
 }
 
 impl Engine {
-    /// Opens storage and loads every open room into memory.
-    pub fn open(config: Config) -> Result<Engine, StorageError> {
-        let storage = Arc::new(Storage::open(&config.storage)?);
+    /// Loads every open room from `storage` into memory and starts the writer; `authority`
+    /// decides every change from then on.
+    pub fn open(
+        config: Config,
+        storage: Arc<Storage>,
+        authority: Arc<dyn Authority>,
+    ) -> Result<Engine, StorageError> {
         let next_room_number = storage.next_room_number()?;
-        let cache_limit = config.history.cache_per_room;
-        let mut rooms = HashMap::new();
-        let mut user_rooms: HashMap<UserId, HashSet<RoomId>> = HashMap::new();
-        for (id, record) in storage.open_rooms()? {
-            let room_id: RoomId = parse_stored_id(&id)?;
-            let members = load_members(&storage, &room_id)?;
-            let committed = storage
-                .last_stamp(record.number)?
-                .map_or(Stamp::default(), |last| Stamp {
-                    seq: last.seq,
-                    ts: last.ts,
-                });
-            let first_seq = storage
-                .first_seq(record.number)?
-                .unwrap_or(committed.seq + 1);
-            let recent = storage
-                .messages(record.number, SeqRange::Before(u64::MAX), cache_limit)?
-                .into_iter()
-                .map(|(seq, m)| message_from_record(&room_id, seq, m).map(Arc::new))
-                .collect::<Result<_, _>>()?;
-            for user in members.keys() {
-                user_rooms
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(room_id.clone());
-            }
-            let state = RoomState::new(members, committed, first_seq, recent, cache_limit, false);
-            let owner = record.owner.as_deref().map(parse_stored_id).transpose()?;
-            let room = Room::new(
-                room_id.clone(),
-                record.number,
-                record.kind,
-                owner,
-                record.created_ts,
-                state,
-            );
-            rooms.insert(room_id, Arc::new(room));
-        }
+        let loaded = load::open_rooms(&storage, config.history.cache_per_room)?;
         log::info!(
             "loaded {} open rooms from {}",
-            rooms.len(),
+            loaded.rooms.len(),
             config.storage.path.display()
         );
-        #[cfg(feature = "redis")]
-        let cluster = match config.cluster.redis_url {
-            Some(_) => Some(Arc::new(crate::cluster::Cluster::new(
-                &config.cluster,
-                &storage,
-            )?)),
-            None => None,
-        };
         let metrics = Metrics::new();
         let writer = Writer::start(
             storage.clone(),
@@ -154,21 +103,28 @@ impl Engine {
             config.storage.max_batch,
             metrics.clone(),
         );
+        let connections = Arc::new(Registry::new(metrics.clone()));
+        let subscribers: Vec<Arc<dyn Subscriber>> = vec![
+            Arc::new(events::Fanout {
+                connections: connections.clone(),
+            }),
+            metrics.clone(),
+        ];
         Ok(Engine {
             inner: Arc::new(Shared {
                 auth: Authenticator::new(&config.auth),
                 config,
                 storage,
                 writer,
-                rooms: RwLock::new(rooms),
-                user_rooms: Mutex::new(user_rooms),
-                connections: Registry::new(metrics.clone()),
+                authority,
+                subscribers,
+                rooms: RwLock::new(loaded.rooms),
+                user_rooms: Mutex::new(loaded.user_rooms),
+                connections,
                 metrics,
                 lifecycle: Mutex::new(()),
                 next_room_number: AtomicU64::new(next_room_number),
                 storage_ok: AtomicBool::new(true),
-                #[cfg(feature = "redis")]
-                cluster,
             }),
         })
     }
@@ -185,48 +141,25 @@ impl Engine {
         &self.inner.metrics
     }
 
-    /// Whether storage is taking writes and, in cluster mode, Redis is reachable and this
-    /// node is caught up (`/readyz`).
+    /// Whether storage is taking writes and the authority can decide (in cluster mode: Redis
+    /// is reachable and this node is caught up) (`/readyz`).
     pub fn is_ready(&self) -> bool {
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = &self.inner.cluster {
-            if !cluster.is_ready() {
-                return false;
-            }
-        }
-        self.inner.storage_ok.load(Ordering::Relaxed)
+        self.inner.authority.is_ready() && self.inner.storage_ok.load(Ordering::Relaxed)
     }
 
-    /// The cluster, in cluster mode.
-    #[cfg(feature = "redis")]
-    fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
-        self.inner.cluster.as_ref()
+    /// The authority's background duties (cluster mode: keeping Redis connected and
+    /// applying the logs). Never ends.
+    pub async fn authority_duties(&self) {
+        self.inner.authority.duties(self).await
     }
 
-    /// Cluster mode's background duties: keeping the Redis connection up and applying
-    /// every shard's log. Never ends; pending forever on a single node.
-    pub async fn cluster_duties(&self) {
-        #[cfg(feature = "redis")]
-        if let Some(cluster) = self.cluster() {
-            let followers = (0..self.inner.config.cluster.shards)
-                .map(|shard| {
-                    smol::spawn({
-                        let (cluster, engine) = (cluster.clone(), self.clone());
-                        async move { cluster.follow(&engine, shard).await }
-                    })
-                })
-                .collect::<Vec<_>>();
-            cluster.keep_up(self).await;
-            drop(followers);
-        }
-        std::future::pending::<()>().await
+    async fn propose(&self, proposal: Proposal) -> Result<Decided, Error> {
+        self.inner.authority.decide(self, proposal).await
     }
 
-    /// Writes `meta` keys and waits until they are durable (cluster positions and epoch).
-    #[cfg(feature = "redis")]
-    pub(crate) async fn write_meta(&self, writes: Vec<KeyWrite>) -> Result<(), Error> {
-        let slot = self.inner.writer.reserve().await;
-        self.submit_unbound(slot, writes, || {}).wait().await
+    /// The last seq and ts this node assigned (or applied) in `room_id`, if it is open here.
+    pub fn last_stamp(&self, room_id: &RoomId) -> Option<Stamp> {
+        self.room(room_id).map(|room| room.state().assigned)
     }
 
     /// Registers a WebSocket connection; pushes for the user's rooms start at once.
@@ -274,156 +207,13 @@ impl Engine {
         rooms.get(room_id).cloned()
     }
 
+    fn rooms_mut(&self) -> RwLockWriteGuard<'_, HashMap<RoomId, Arc<Room>>> {
+        self.inner.rooms.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn open_room(&self, room_id: &RoomId) -> Result<Arc<Room>, Error> {
         self.room(room_id)
             .ok_or_else(|| Error::room_not_found(room_id.as_str()))
-    }
-
-    /// Submits writes for `room` (call under its lock, with a slot reserved before it was
-    /// taken). After the commit the deliveries go out, in commit order.
-    fn submit(
-        &self,
-        slot: Slot,
-        room: &Arc<Room>,
-        writes: Vec<KeyWrite>,
-        deliveries: Vec<Delivery>,
-    ) -> Completion {
-        let engine = self.clone();
-        self.submit_with(slot, room, writes, move |_| {
-            for delivery in deliveries {
-                engine.inner.connections.deliver(
-                    &delivery.users,
-                    delivery.skip.as_ref(),
-                    &delivery.frame,
-                    Priority::Keep,
-                );
-            }
-        })
-    }
-
-    /// [`Engine::submit`] with a custom step to make the change visible once committed.
-    fn submit_with(
-        &self,
-        slot: Slot,
-        room: &Arc<Room>,
-        writes: Vec<KeyWrite>,
-        on_commit: impl FnOnce(&Engine) + Send + 'static,
-    ) -> Completion {
-        let (tx, rx) = async_channel::bounded(1);
-        let engine = self.clone();
-        let failed_room = room.clone();
-        let generation = room.generation.load(Ordering::Acquire);
-        let op = WriteOp {
-            writes,
-            built_on: Some((room.generation.clone(), generation)),
-            done: Box::new(move |result| {
-                match &result {
-                    Ok(()) => {
-                        if !engine.inner.storage_ok.swap(true, Ordering::Relaxed) {
-                            log::info!("storage takes writes again; ready");
-                        }
-                        on_commit(&engine);
-                    }
-                    Err(StorageError::Superseded) => {}
-                    Err(_) => {
-                        engine.inner.storage_ok.store(false, Ordering::Relaxed);
-                        engine.roll_back(&failed_room);
-                    }
-                }
-                let _ = tx.try_send(result);
-            }),
-        };
-        self.inner.writer.submit(slot, op);
-        Completion(rx)
-    }
-
-    /// After a failed write: forget what was assigned but not committed, and reload the
-    /// room's membership and open/closed state from disk, which the failed write did not
-    /// change. Runs on the writer thread.
-    fn roll_back(&self, room: &Arc<Room>) {
-        let _lifecycle = lock(&self.inner.lifecycle);
-        let storage = &self.inner.storage;
-        let on_disk = storage
-            .room(room.id.as_str())
-            .and_then(|record| match record {
-                Some(record) if record.closed_ts.is_none() => {
-                    load_members(storage, &room.id).map(Some)
-                }
-                _ => Ok(None),
-            });
-        let mut state = room.state();
-        // Under the room's lock, so every op built from here on carries the new generation
-        // and sees the rolled-back state.
-        room.generation.fetch_add(1, Ordering::AcqRel);
-        state.roll_back_uncommitted();
-        let disk_members = match on_disk {
-            Ok(members) => members,
-            Err(e) => {
-                log::error!("cannot reload room {} after a failed write: {e}", room.id);
-                return;
-            }
-        };
-        let before: Vec<UserId> = state.members.keys().cloned().collect();
-        match disk_members {
-            Some(mut members) => {
-                for (user, member) in members.iter_mut() {
-                    if let Some(known) = state.members.get(user) {
-                        member.read_seq = known.read_seq;
-                    }
-                }
-                state.members = members;
-                state.closed = false;
-                let mut rooms = self.inner.rooms.write().unwrap_or_else(|e| e.into_inner());
-                rooms.insert(room.id.clone(), room.clone());
-            }
-            None => {
-                state.members.clear();
-                state.closed = true;
-                let mut rooms = self.inner.rooms.write().unwrap_or_else(|e| e.into_inner());
-                rooms.remove(&room.id);
-            }
-        }
-        state.refresh_audience();
-        let mut index = lock(&self.inner.user_rooms);
-        for user in &before {
-            if !state.is_member(user) {
-                unindex(&mut index, user, &room.id);
-            }
-        }
-        for user in state.members.keys() {
-            index
-                .entry(user.clone())
-                .or_default()
-                .insert(room.id.clone());
-        }
-    }
-
-    /// A write of nothing that commits after everything submitted before it.
-    fn barrier(&self, slot: Slot) -> Completion {
-        self.submit_unbound(slot, Vec::new(), || {})
-    }
-
-    /// Submits writes that no room's in-memory state was built on (barriers, retention);
-    /// `on_commit` runs on the writer thread once they are durable.
-    fn submit_unbound(
-        &self,
-        slot: Slot,
-        writes: Vec<KeyWrite>,
-        on_commit: impl FnOnce() + Send + 'static,
-    ) -> Completion {
-        let (tx, rx) = async_channel::bounded(1);
-        let op = WriteOp {
-            writes,
-            built_on: None,
-            done: Box::new(move |result| {
-                if result.is_ok() {
-                    on_commit();
-                }
-                let _ = tx.try_send(result);
-            }),
-        };
-        self.inner.writer.submit(slot, op);
-        Completion(rx)
     }
 
     /// Writes a consistent copy of the data directory to `dir` while serving (`chat-engine
@@ -457,8 +247,7 @@ impl Engine {
     /// Whether the storage writer still takes work: a barrier through it completes. The
     /// systemd watchdog is fed only while it does.
     pub async fn writer_responds(&self) -> bool {
-        let slot = self.inner.writer.reserve().await;
-        self.barrier(slot).wait().await.is_ok()
+        self.persist(Default::default()).await.is_ok()
     }
 
     /// Runs a blocking storage read off the executor.
@@ -482,57 +271,6 @@ fn unindex(index: &mut HashMap<UserId, HashSet<RoomId>>, user: &UserId, room_id:
     }
 }
 
-fn parse_stored_id<K>(text: &str) -> Result<crate::protocol::Id<K>, StorageError> {
-    crate::protocol::Id::parse(text).map_err(|e| StorageError::Corrupt {
-        cf: "rooms",
-        reason: e.to_string(),
-    })
-}
-
-fn load_members(
-    storage: &Storage,
-    room_id: &RoomId,
-) -> Result<BTreeMap<UserId, Member>, StorageError> {
-    let mut members = BTreeMap::new();
-    for (user, _record) in storage.members(room_id.as_str())? {
-        let read_seq = storage.read_marker(&user, room_id.as_str())?.unwrap_or(0);
-        members.insert(parse_stored_id(&user)?, Member { read_seq });
-    }
-    Ok(members)
-}
-
-fn message_from_record(
-    room_id: &RoomId,
-    seq: u64,
-    record: MessageRecord,
-) -> Result<Message, StorageError> {
-    let corrupt = |reason: String| StorageError::Corrupt {
-        cf: "messages",
-        reason,
-    };
-    let data = record
-        .data
-        .map(serde_json::value::RawValue::from_string)
-        .transpose()
-        .map_err(|e| corrupt(e.to_string()))?;
-    let sender = record
-        .sender
-        .as_deref()
-        .map(UserId::parse)
-        .transpose()
-        .map_err(|e| corrupt(e.to_string()))?;
-    Ok(Message {
-        room_id: room_id.clone(),
-        seq,
-        ts: record.ts,
-        sender,
-        kind: record.kind,
-        text: record.text,
-        data,
-        client_msg_id: record.client_msg_id,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,7 +289,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.storage.path = dir.path().to_owned();
-        let engine = Engine::open(config).unwrap();
+        let storage = Arc::new(Storage::open(&config.storage).unwrap());
+        let engine = Engine::open(config, storage, Arc::new(Local)).unwrap();
         let (room, driver) = (RoomId::parse("r").unwrap(), UserId::parse("d").unwrap());
         smol::block_on(async {
             engine

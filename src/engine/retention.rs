@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::Engine;
 use crate::protocol::{now_ms, RoomId};
-use crate::storage::{keys, Cf, Expired, KeyWrite};
+use crate::storage::{Batch, Expired};
 
 const DAY_MS: f64 = 24.0 * 60.0 * 60.0 * 1000.0;
 
@@ -49,7 +49,9 @@ impl Engine {
             let slot = self.inner.writer.reserve().await;
             let engine = self.clone();
             let room_id = RoomId::parse(&id).ok();
-            self.submit_unbound(slot, purge_writes(number, &found), move || {
+            let mut batch = Batch::new();
+            batch.purge(number, found.first_seq, found.newest);
+            self.submit_unbound(slot, batch, move || {
                 engine.forget_purged(room_id.as_ref(), &found)
             })
             .wait()
@@ -65,16 +67,4 @@ impl Engine {
             room.state().purge_before(found.newest.seq + 1);
         }
     }
-}
-
-/// Deletes messages `first_seq..=newest.seq` and records the newest one's stamp.
-fn purge_writes(number: u64, found: &Expired) -> Vec<KeyWrite> {
-    vec![
-        KeyWrite::DeleteRange(
-            Cf::Messages,
-            keys::message(number, found.first_seq).to_vec(),
-            keys::message(number, found.newest.seq + 1).to_vec(),
-        ),
-        KeyWrite::put(Cf::Meta, &keys::purged(number), &found.newest),
-    ]
 }

@@ -1,5 +1,5 @@
-//! One open room in memory: members, seq/ts counters, the recent-message cache and the
-//! window of recent `client_msg_id`s.
+//! One open room in memory: members, seq/ts counters, the recent-message cache, the window of
+//! recent `client_msg_id`s, and the targets of changes not yet durable.
 //!
 //! Everything mutable sits behind the room's one mutex, held only for short, synchronous
 //! steps (never across an `.await`). Two counters matter: `assigned` is the last seq handed
@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::connections::lock;
 use crate::error::Error;
 use crate::protocol::{Message, RoomId, RoomKind, RoomView, UserId};
+use crate::sync::lock;
 
 /// A seq and the ts that goes with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,6 +73,21 @@ pub struct RoomState {
     /// Whether the window holds every `client_msg_id` the room ever had (a room created by
     /// this process that never evicted one), so a miss needs no disk read.
     pub dedup_complete: bool,
+    /// Targets of changes assigned but not yet committed: their state after those changes,
+    /// and the seq of the latest such change. Decisions read them before the cache or disk.
+    pending_targets: HashMap<u64, (Arc<Message>, u64)>,
+    /// Bumped each time a change to a target commits; a decision that read a target from
+    /// disk compares it to know whether the target changed meanwhile.
+    pub target_commits: u64,
+}
+
+/// Where a target's current state is, as far as the room's memory knows.
+pub enum Target {
+    Found(Arc<Message>),
+    /// Not a message of this room (never sent, or deleted by retention).
+    Missing,
+    /// On disk only: read it there, then ask again with what was read.
+    OnDisk,
 }
 
 impl Room {
@@ -144,6 +159,8 @@ impl RoomState {
             dedup_order: VecDeque::new(),
             dedup_evictions: 0,
             dedup_complete: brand_new,
+            pending_targets: HashMap::new(),
+            target_commits: 0,
         };
         state.refresh_audience();
         state
@@ -167,8 +184,55 @@ impl RoomState {
         self.dedup.insert(key, stamp);
     }
 
-    /// Makes a committed message visible: cache it and trim the cache and dedup window.
-    pub fn commit(&mut self, message: Arc<Message>) {
+    /// The current state of message `seq`, as a change decided now sees it. `read` is what an
+    /// earlier call sent to disk found, with the `target_commits` of that time.
+    pub fn target(&self, seq: u64, read: Option<&(u64, Option<Arc<Message>>)>) -> Target {
+        if seq == 0 || seq < self.first_seq || seq > self.committed.seq {
+            return Target::Missing;
+        }
+        if let Some((state, _)) = self.pending_targets.get(&seq) {
+            return Target::Found(state.clone());
+        }
+        if let Some(cached) = self.cached(seq, seq).and_then(|mut m| m.pop()) {
+            return Target::Found(cached);
+        }
+        match read {
+            Some((commits, found)) if *commits == self.target_commits => match found {
+                Some(message) => Target::Found(message.clone()),
+                None => Target::Missing,
+            },
+            _ => Target::OnDisk,
+        }
+    }
+
+    /// Records the state `target` will have once change `change_seq` commits.
+    pub fn target_changing(&mut self, target: Arc<Message>, change_seq: u64) {
+        self.pending_targets
+            .insert(target.seq, (target, change_seq));
+    }
+
+    /// Makes a committed message visible: cache it and trim the cache and dedup window. With
+    /// a change, `target` is the changed message's new state.
+    pub fn commit(&mut self, message: Arc<Message>, target: Option<Arc<Message>>) {
+        if let Some(target) = target {
+            self.target_commits += 1;
+            if let Some(first) = self.recent.front().map(|m| m.seq) {
+                if let Some(slot) = target
+                    .seq
+                    .checked_sub(first)
+                    .and_then(|i| self.recent.get_mut(i as usize))
+                {
+                    *slot = target.clone();
+                }
+            }
+            if self
+                .pending_targets
+                .get(&target.seq)
+                .is_some_and(|(_, latest)| *latest == message.seq)
+            {
+                self.pending_targets.remove(&target.seq);
+            }
+        }
         self.committed = Stamp {
             seq: message.seq,
             ts: message.ts,
@@ -206,6 +270,8 @@ impl RoomState {
         self.assigned = self.committed;
         self.dedup_order.retain(|(_, seq)| *seq <= committed);
         self.dedup.retain(|_, stamp| stamp.seq <= committed);
+        // Every pending change was assigned after the last commit.
+        self.pending_targets.clear();
     }
 
     /// Messages `from..=to` if the cache holds all of them.
@@ -248,16 +314,14 @@ mod tests {
     use crate::protocol::MessageKind;
 
     fn message(seq: u64, ts: u64) -> Arc<Message> {
-        Arc::new(Message {
-            room_id: RoomId::parse("r").unwrap(),
+        Arc::new(Message::new(
+            RoomId::parse("r").unwrap(),
             seq,
             ts,
-            sender: None,
-            kind: MessageKind::System,
-            text: String::new(),
-            data: None,
-            client_msg_id: None,
-        })
+            None,
+            MessageKind::System,
+            String::new(),
+        ))
     }
 
     fn state(cache_limit: usize) -> RoomState {
@@ -283,7 +347,7 @@ mod tests {
     fn cache_serves_only_what_it_holds() {
         let mut state = state(3);
         for seq in 1..=5 {
-            state.commit(message(seq, seq * 10));
+            state.commit(message(seq, seq * 10), None);
         }
         assert_eq!(state.recent.len(), 3);
         assert!(state.cached(3, 5).is_some());
@@ -300,7 +364,7 @@ mod tests {
         let key = |n: &str| (None, n.to_string());
         state.dedup_insert(key("a"), Stamp { seq: 1, ts: 1 });
         state.dedup_insert(key("b"), Stamp { seq: 2, ts: 2 });
-        state.commit(message(1, 1));
+        state.commit(message(1, 1), None);
         assert_eq!(state.dedup_lookup(&key("a")), None);
         assert_eq!(state.dedup_evictions, 1);
         assert!(!state.dedup_complete);
@@ -309,5 +373,33 @@ mod tests {
         assert_eq!(state.dedup_lookup(&key("b")), None);
         assert_eq!(state.dedup_lookup(&key("c")), None);
         assert_eq!(state.assigned, state.committed);
+    }
+
+    #[test]
+    fn targets_come_from_pending_changes_then_the_cache_then_disk() {
+        let mut state = state(2);
+        for seq in 1..=3 {
+            state.commit(message(seq, seq), None);
+        }
+        assert!(matches!(state.target(0, None), Target::Missing));
+        assert!(
+            matches!(state.target(4, None), Target::Missing),
+            "not committed"
+        );
+        assert!(
+            matches!(state.target(1, None), Target::OnDisk),
+            "evicted from the cache"
+        );
+        let read = (state.target_commits, Some(message(1, 1)));
+        assert!(matches!(state.target(1, Some(&read)), Target::Found(_)));
+        let mut changed = (*message(3, 3)).clone();
+        changed.deleted = true;
+        state.target_changing(Arc::new(changed.clone()), 4);
+        assert!(matches!(state.target(3, None), Target::Found(m) if m.deleted));
+        // The change commits: the cache holds the new state, and a disk read made before is
+        // stale.
+        state.commit(message(4, 4), Some(Arc::new(changed)));
+        assert!(matches!(state.target(3, None), Target::Found(m) if m.deleted));
+        assert!(matches!(state.target(1, Some(&read)), Target::OnDisk));
     }
 }

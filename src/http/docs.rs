@@ -15,7 +15,7 @@ use super::{rest, Req};
     info(
         title = "chat-engine",
         description = "REST for RouteAPI, operations endpoints, and the WebSocket upgrade. \
-            The WebSocket frames are described in README.md (\"WebSocket protocol\").",
+            The WebSocket frames are described in docs/protocol.md.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
@@ -26,6 +26,9 @@ use super::{rest, Req};
         rest::delete_member,
         rest::post_message,
         rest::get_messages,
+        rest::get_message,
+        rest::patch_message,
+        rest::delete_message,
         rest::post_backup,
         super::healthz,
         super::readyz,

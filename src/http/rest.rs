@@ -1,5 +1,5 @@
-//! REST for RouteAPI (`/v1/rooms/...`): API-key auth, bounded JSON bodies, and the seven
-//! calls of PROTOCOL.md with their exact statuses.
+//! REST for RouteAPI (`/v1/rooms/...`): API-key auth, bounded JSON bodies, and the calls of
+//! docs/protocol.md with their exact statuses.
 
 use std::future::Future;
 
@@ -11,12 +11,13 @@ use super::{bearer, counted, error_response, json, ErrorBody, Req};
 use crate::engine::membership::Outcome;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::protocol::{HistoryQuery, Message, NewMessage, RoomId, RoomView, UserId};
+use crate::protocol::{HistoryQuery, Message, NewChange, NewMessage, RoomId, RoomView, UserId};
 
 pub fn routes(app: &mut Server<Engine>) {
     const ROOM: &str = "/v1/rooms/:room_id";
     const MEMBER: &str = "/v1/rooms/:room_id/members/:user_id";
     const MESSAGES: &str = "/v1/rooms/:room_id/messages";
+    const MESSAGE: &str = "/v1/rooms/:room_id/messages/:seq";
     const BACKUP: &str = "/v1/admin/backup";
     app.at(ROOM)
         .put(counted(ROOM, rest(put_room)))
@@ -28,6 +29,10 @@ pub fn routes(app: &mut Server<Engine>) {
     app.at(MESSAGES)
         .post(counted(MESSAGES, rest(post_message)))
         .get(counted(MESSAGES, rest(get_messages)));
+    app.at(MESSAGE)
+        .get(counted(MESSAGE, rest(get_message)))
+        .patch(counted(MESSAGE, rest(patch_message)))
+        .delete(counted(MESSAGE, rest(delete_message)));
     app.at(BACKUP).post(counted(BACKUP, rest(post_backup)));
 }
 
@@ -65,6 +70,12 @@ fn room_param(req: &Req) -> Result<RoomId, Error> {
 
 fn user_param(req: &Req) -> Result<UserId, Error> {
     UserId::parse(req.param("user_id").unwrap_or_default())
+}
+
+fn seq_param(req: &Req) -> Result<u64, Error> {
+    let seq = req.param("seq").unwrap_or_default();
+    seq.parse()
+        .map_err(|_| Error::BadRequest(format!("seq {seq:?} is not a whole number")))
 }
 
 /// Reads a JSON body of at most `limits.max_body_bytes`.
@@ -250,6 +261,125 @@ pub(super) async fn post_message(mut req: Req) -> Result<Response, Error> {
     };
     let message = engine.message_at(&room_id, sent.stamp.seq).await?;
     Ok(json(status, &MessageReply { message: &message }))
+}
+
+/// One message in its current state: `edited_ts`, `deleted` and `reactions` as changes left
+/// it.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room_id}/messages/{seq}",
+    tag = "rooms",
+    params(
+        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
+        ("seq" = u64, Path, description = "The message's seq")
+    ),
+    responses(
+        (status = 200, description = "The message", body = MessageReply),
+        (status = 400, description = "Bad id or seq (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such room or message (`not_found`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_message(req: Req) -> Result<Response, Error> {
+    let (room_id, seq) = (room_param(&req)?, seq_param(&req)?);
+    let message = req.state().message_at(&room_id, seq).await?;
+    Ok(json(StatusCode::Ok, &MessageReply { message: &message }))
+}
+
+/// `PATCH /v1/rooms/{room_id}/messages/{seq}` body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct EditBody {
+    /// The new text.
+    text: String,
+    /// The new data; an edit without it removes the message's data.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    data: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Edits a `system` message; the edit is a message of its own (`kind: "edit"`), pushed to
+/// the members.
+#[utoipa::path(
+    patch,
+    path = "/v1/rooms/{room_id}/messages/{seq}",
+    tag = "rooms",
+    params(
+        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
+        ("seq" = u64, Path, description = "The seq of the system message to edit")
+    ),
+    request_body = EditBody,
+    responses(
+        (status = 200, description = "The edit; on a repeat that changes nothing, the latest edit (or the message itself if never edited)", body = MessageReply),
+        (status = 400, description = "Bad id or body, or the message is itself a change (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "A user's message (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such open room or message (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The message was deleted (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes`, or text and data over `limits.max_message_bytes` (`too_large`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn patch_message(mut req: Req) -> Result<Response, Error> {
+    let (room_id, seq) = (room_param(&req)?, seq_param(&req)?);
+    let body: EditBody = body_json(&mut req).await?;
+    let engine = req.state();
+    let change = NewChange::Edit {
+        seq,
+        message: NewMessage {
+            text: body.text,
+            data: body.data,
+            client_msg_id: None,
+        },
+    };
+    let sent = engine
+        .accept_change(&room_id, None, change)
+        .await?
+        .durable()
+        .await?;
+    let shown = match sent {
+        Some(sent) => sent.stamp.seq,
+        None => {
+            let target = engine.message_at(&room_id, seq).await?;
+            target.edit_seq.unwrap_or(seq)
+        }
+    };
+    let message = engine.message_at(&room_id, shown).await?;
+    Ok(json(StatusCode::Ok, &MessageReply { message: &message }))
+}
+
+/// Deletes any message (moderation): its text and data are removed and it shows as deleted;
+/// the deletion is a message of its own (`kind: "delete"`), pushed to the members.
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room_id}/messages/{seq}",
+    tag = "rooms",
+    params(
+        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
+        ("seq" = u64, Path, description = "The seq of the message to delete")
+    ),
+    responses(
+        (status = 204, description = "Deleted, also when it was deleted already"),
+        (status = 400, description = "Bad id, or the message is itself a change (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such open room or message (`not_found`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn delete_message(req: Req) -> Result<Response, Error> {
+    let (room_id, seq) = (room_param(&req)?, seq_param(&req)?);
+    let change = NewChange::Delete {
+        seq,
+        client_msg_id: None,
+    };
+    req.state()
+        .accept_change(&room_id, None, change)
+        .await?
+        .durable()
+        .await?;
+    Ok(Response::new(StatusCode::NoContent))
 }
 
 /// A page of history, oldest first.

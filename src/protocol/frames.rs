@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Message, NewMessage, RoomId, RoomView, UserId, MAX_SYNC_LIMIT};
+use super::{Message, NewChange, NewMessage, RoomId, RoomView, UserId, MAX_SYNC_LIMIT};
 use crate::error::Error;
 
 /// A request's `id`: any JSON string or number, echoed in the reply.
@@ -28,6 +28,11 @@ pub enum RequestBody {
     Send {
         room_id: RoomId,
         message: NewMessage,
+    },
+    /// `edit`, `delete` and `react`.
+    Change {
+        room_id: RoomId,
+        change: NewChange,
     },
     Direct {
         user_id: UserId,
@@ -126,6 +131,36 @@ struct SendFields {
 }
 
 #[derive(Deserialize)]
+struct EditFields {
+    room_id: RoomId,
+    seq: u64,
+    text: String,
+    #[serde(default)]
+    data: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeleteFields {
+    room_id: RoomId,
+    seq: u64,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ReactFields {
+    room_id: RoomId,
+    seq: u64,
+    reaction: String,
+    #[serde(default)]
+    removed: bool,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct DirectFields {
     user_id: UserId,
 }
@@ -187,6 +222,33 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
             message: NewMessage {
                 text: f.text,
                 data: f.data,
+                client_msg_id: f.client_msg_id,
+            },
+        }),
+        "edit" => fields::<EditFields>(text, &kind).map(|f| RequestBody::Change {
+            room_id: f.room_id,
+            change: NewChange::Edit {
+                seq: f.seq,
+                message: NewMessage {
+                    text: f.text,
+                    data: f.data,
+                    client_msg_id: f.client_msg_id,
+                },
+            },
+        }),
+        "delete" => fields::<DeleteFields>(text, &kind).map(|f| RequestBody::Change {
+            room_id: f.room_id,
+            change: NewChange::Delete {
+                seq: f.seq,
+                client_msg_id: f.client_msg_id,
+            },
+        }),
+        "react" => fields::<ReactFields>(text, &kind).map(|f| RequestBody::Change {
+            room_id: f.room_id,
+            change: NewChange::React {
+                seq: f.seq,
+                reaction: f.reaction,
+                removed: f.removed,
                 client_msg_id: f.client_msg_id,
             },
         }),
@@ -319,6 +381,9 @@ mod tests {
             r#"{"type":"direct","user_id":"u"}"#,
             r#"{"type":"read","room_id":"r","seq":3}"#,
             r#"{"type":"typing","room_id":"r","extra":"ignored"}"#,
+            r#"{"type":"edit","room_id":"r","seq":3,"text":"new","data":{"a":1}}"#,
+            r#"{"type":"delete","room_id":"r","seq":3}"#,
+            r#"{"type":"react","room_id":"r","seq":3,"reaction":"👍","removed":true}"#,
         ];
         for text in cases {
             assert!(parse_request(text).is_ok(), "{text}");
@@ -356,6 +421,18 @@ mod tests {
         );
         assert_eq!(code_of(r#"{"type":"ping","id":{"a":1}}"#).1, "bad_request");
         assert_eq!(
+            code_of(r#"{"type":"edit","room_id":"r","seq":1}"#).1,
+            "bad_request"
+        );
+        assert_eq!(
+            code_of(r#"{"type":"react","room_id":"r","seq":-1,"reaction":"x"}"#).1,
+            "bad_request"
+        );
+        assert_eq!(
+            code_of(r#"{"type":"react","room_id":"r","seq":1,"reaction":"x","removed":"yes"}"#).1,
+            "bad_request"
+        );
+        assert_eq!(
             code_of(r#"{"type":"sync","room_id":"r","since_ts":1,"since_seq":1}"#).1,
             "bad_request"
         );
@@ -377,16 +454,16 @@ mod tests {
     #[test]
     fn frames_encode_as_the_protocol_says() {
         let data = serde_json::value::RawValue::from_string(r#"{"eta_min":4}"#.into()).unwrap();
-        let message = Message {
-            room_id: RoomId::parse("route-42").unwrap(),
-            seq: 17,
-            ts: 1_764_000_000_123,
-            sender: Some(UserId::parse("driver-7").unwrap()),
-            kind: MessageKind::Text,
-            text: "On my way".into(),
-            data: Some(data),
-            client_msg_id: Some("c-91".into()),
-        };
+        let mut message = Message::new(
+            RoomId::parse("route-42").unwrap(),
+            17,
+            1_764_000_000_123,
+            Some(UserId::parse("driver-7").unwrap()),
+            MessageKind::Text,
+            "On my way".into(),
+        );
+        message.data = Some(data);
+        message.client_msg_id = Some("c-91".into());
         assert_eq!(
             encode(&ServerFrame::Message { message: &message }).as_str(),
             r#"{"type":"message","message":{"room_id":"route-42","seq":17,"ts":1764000000123,"sender":"driver-7","kind":"text","text":"On my way","data":{"eta_min":4},"client_msg_id":"c-91"}}"#

@@ -30,6 +30,71 @@ pub enum MessageKind {
     Text,
     /// Posted by RouteAPI over REST.
     System,
+    /// Replaces the `text` and `data` of message `target_seq`.
+    Edit,
+    /// Deletes message `target_seq`.
+    Delete,
+    /// Adds the sender's reaction `text` to message `target_seq` (or, with `removed`, takes
+    /// it away).
+    Reaction,
+}
+
+impl MessageKind {
+    /// Whether messages of this kind can be changed, and count as unread: `text`, `system`.
+    pub fn is_content(self) -> bool {
+        matches!(self, MessageKind::Text | MessageKind::System)
+    }
+}
+
+/// A message's reactions: each reaction with the users who reacted with it, in the order they
+/// did, and the reactions in the order they first appeared. Encoded as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reactions(pub Vec<(String, Vec<UserId>)>);
+
+impl Reactions {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn has(&self, reaction: &str, user: &UserId) -> bool {
+        self.0
+            .iter()
+            .any(|(r, users)| r == reaction && users.contains(user))
+    }
+
+    /// Adds `user` last under `reaction` (moving them there if they had it already).
+    pub fn add(&mut self, reaction: &str, user: &UserId) {
+        self.remove(reaction, user);
+        match self.0.iter_mut().find(|(r, _)| r == reaction) {
+            Some((_, users)) => users.push(user.clone()),
+            None => self.0.push((reaction.to_owned(), vec![user.clone()])),
+        }
+    }
+
+    /// Takes `user` out of `reaction`; a reaction nobody has any more disappears.
+    pub fn remove(&mut self, reaction: &str, user: &UserId) {
+        for (r, users) in &mut self.0 {
+            if r == reaction {
+                users.retain(|u| u != user);
+            }
+        }
+        self.0.retain(|(_, users)| !users.is_empty());
+    }
+}
+
+impl Serialize for Reactions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (reaction, users) in &self.0 {
+            map.serialize_entry(reaction, users)?;
+        }
+        map.end()
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -57,6 +122,57 @@ pub struct Message {
     pub data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// The message a change (`edit`, `delete`, `reaction`) changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<u64>,
+    /// On a `reaction` change: the reaction is taken away.
+    #[serde(skip_serializing_if = "is_false")]
+    pub removed: bool,
+    /// The ts of the latest edit, once edited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// Reaction -> the users who reacted with it, in the order they did.
+    #[serde(skip_serializing_if = "Reactions::is_empty")]
+    #[schema(value_type = Option<Object>)]
+    pub reactions: Reactions,
+    /// The seq of the latest edit (REST answers a repeated edit with it).
+    #[serde(skip)]
+    pub edit_seq: Option<u64>,
+    /// How many changes were applied to this message: cluster mode's version of it.
+    #[serde(skip)]
+    pub changes: u32,
+}
+
+impl Message {
+    /// A message with no change state.
+    pub fn new(
+        room_id: RoomId,
+        seq: u64,
+        ts: u64,
+        sender: Option<UserId>,
+        kind: MessageKind,
+        text: String,
+    ) -> Message {
+        Message {
+            room_id,
+            seq,
+            ts,
+            sender,
+            kind,
+            text,
+            data: None,
+            client_msg_id: None,
+            target_seq: None,
+            removed: false,
+            edited_ts: None,
+            deleted: false,
+            reactions: Reactions::default(),
+            edit_seq: None,
+            changes: 0,
+        }
+    }
 }
 
 /// The `Room` object of `rooms`, `room`, `joined` and the REST room calls.
@@ -98,13 +214,7 @@ impl NewMessage {
                 return Err(Error::BadRequest("data must be a JSON object".into()));
             }
         }
-        if let Some(id) = &self.client_msg_id {
-            if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID_BYTES {
-                return Err(Error::BadRequest(format!(
-                    "client_msg_id must be 1..={MAX_CLIENT_MSG_ID_BYTES} bytes"
-                )));
-            }
-        }
+        validate_client_msg_id(self.client_msg_id.as_deref())?;
         let size = self.text.len() + self.data.as_ref().map_or(0, |d| d.get().len());
         if size > max_message_bytes {
             return Err(Error::TooLarge(format!(
@@ -118,6 +228,69 @@ impl NewMessage {
     pub fn into_parts(self) -> (String, Option<Box<RawValue>>, Option<String>) {
         let data = self.data.filter(|d| d.get().trim() != "null");
         (self.text, data, self.client_msg_id)
+    }
+}
+
+/// `client_msg_id`, when given, is 1..=64 bytes.
+pub fn validate_client_msg_id(id: Option<&str>) -> Result<(), Error> {
+    match id {
+        Some(id) if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID_BYTES => Err(Error::BadRequest(
+            format!("client_msg_id must be 1..={MAX_CLIENT_MSG_ID_BYTES} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Longest reaction in bytes.
+pub const MAX_REACTION_BYTES: usize = 32;
+
+/// A change to message `seq`, as a user (WebSocket) or RouteAPI (REST) asks for it.
+#[derive(Debug)]
+pub enum NewChange {
+    /// `text` and `data` replace the target's (an edit without `data` removes it).
+    Edit { seq: u64, message: NewMessage },
+    Delete {
+        seq: u64,
+        client_msg_id: Option<String>,
+    },
+    React {
+        seq: u64,
+        reaction: String,
+        removed: bool,
+        client_msg_id: Option<String>,
+    },
+}
+
+impl NewChange {
+    /// The target's seq.
+    pub fn seq(&self) -> u64 {
+        match self {
+            NewChange::Edit { seq, .. }
+            | NewChange::Delete { seq, .. }
+            | NewChange::React { seq, .. } => *seq,
+        }
+    }
+
+    /// The limits of `send` and the reaction's length (1..=32 bytes).
+    pub fn validate(&self, max_message_bytes: usize) -> Result<(), Error> {
+        match self {
+            NewChange::Edit { message, .. } => message.validate(max_message_bytes),
+            NewChange::Delete { client_msg_id, .. } => {
+                validate_client_msg_id(client_msg_id.as_deref())
+            }
+            NewChange::React {
+                reaction,
+                client_msg_id,
+                ..
+            } => {
+                if reaction.is_empty() || reaction.len() > MAX_REACTION_BYTES {
+                    return Err(Error::BadRequest(format!(
+                        "a reaction is 1..={MAX_REACTION_BYTES} bytes"
+                    )));
+                }
+                validate_client_msg_id(client_msg_id.as_deref())
+            }
+        }
     }
 }
 
@@ -164,19 +337,59 @@ mod tests {
 
     #[test]
     fn absent_fields_are_left_out() {
-        let message = Message {
-            room_id: RoomId::parse("r").unwrap(),
-            seq: 1,
-            ts: 2,
-            sender: None,
-            kind: MessageKind::System,
-            text: "t".into(),
-            data: None,
-            client_msg_id: None,
-        };
+        let message = Message::new(
+            RoomId::parse("r").unwrap(),
+            1,
+            2,
+            None,
+            MessageKind::System,
+            "t".into(),
+        );
         assert_eq!(
             serde_json::to_string(&message).unwrap(),
             r#"{"room_id":"r","seq":1,"ts":2,"sender":null,"kind":"system","text":"t"}"#
+        );
+    }
+
+    #[test]
+    fn change_state_is_encoded_as_the_protocol_says() {
+        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+        let mut message = Message::new(
+            RoomId::parse("r").unwrap(),
+            1,
+            2,
+            Some(a.clone()),
+            MessageKind::Text,
+            "t".into(),
+        );
+        message.edited_ts = Some(9);
+        message.reactions.add("+1", &a);
+        message.reactions.add("+1", &b);
+        message.reactions.add("<3", &b);
+        message.reactions.add("+1", &a);
+        assert_eq!(
+            serde_json::to_string(&message).unwrap(),
+            r#"{"room_id":"r","seq":1,"ts":2,"sender":"a","kind":"text","text":"t","edited_ts":9,"reactions":{"+1":["b","a"],"<3":["b"]}}"#
+        );
+        message.reactions.remove("<3", &b);
+        assert!(!message.reactions.has("<3", &b));
+        assert_eq!(message.reactions.0.len(), 1, "an empty reaction disappears");
+    }
+
+    #[test]
+    fn reactions_are_1_to_32_bytes() {
+        let react = |reaction: &str| NewChange::React {
+            seq: 1,
+            reaction: reaction.into(),
+            removed: false,
+            client_msg_id: None,
+        };
+        assert!(react("👍").validate(100).is_ok());
+        assert!(react(&"x".repeat(32)).validate(100).is_ok());
+        assert_eq!(react("").validate(100).unwrap_err().code(), "bad_request");
+        assert_eq!(
+            react(&"x".repeat(33)).validate(100).unwrap_err().code(),
+            "bad_request"
         );
     }
 }

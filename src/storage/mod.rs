@@ -4,6 +4,7 @@
 //! Every call here blocks; the engine runs them on the writer thread or through
 //! `smol::unblock`, never on the async executor.
 
+mod batch;
 pub mod codec;
 pub mod keys;
 pub mod writer;
@@ -12,53 +13,35 @@ use std::path::Path;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
-pub use codec::{MemberRecord, MessageRecord, RoomRecord, StampRecord};
+pub use batch::{Batch, KeyWrite};
+pub use codec::{
+    MemberRecord, MessageRecord, RoomRecord, StampRecord, StoredMessageKind, StoredRoomKind,
+};
 pub use keys::Cf;
-pub use writer::{KeyWrite, WriteOp, Writer};
+pub use writer::{WriteOp, Writer};
 
 use crate::config::StorageConfig;
-use crate::error::Error;
+pub use crate::error::StorageError;
 
 /// The schema version this build writes. Data from an older version is migrated at start-up;
 /// data from a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Ordered migrations: `(from, step)` upgrades a data directory at version `from` to
-/// `from + 1`. Empty while there has only ever been version 1.
+/// `from + 1`.
 type Migration = fn(&Storage) -> Result<(), StorageError>;
-const MIGRATIONS: &[(u32, Migration)] = &[];
+const MIGRATIONS: &[(u32, Migration)] = &[(1, messages_carry_change_state)];
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StorageError {
-    #[error("rocksdb: {0}")]
-    Db(String),
-    #[error("corrupt record in column family {cf}: {reason}")]
-    Corrupt { cf: &'static str, reason: String },
-    #[error("record in column family {cf} has format version {version}, which this build does not know (written by a newer chat-engine?)")]
-    UnknownFormat { cf: &'static str, version: u8 },
-    #[error("data directory has schema version {found}; this build knows up to {SCHEMA_VERSION} (written by a newer chat-engine?)")]
-    NewerSchema { found: u32 },
-    /// The write was built on in-memory state that an earlier failed write rolled back.
-    #[error("an earlier write failed; retry")]
-    Superseded,
-    #[error("storage is shutting down")]
-    Closed,
+/// Schema 2: message records (format 2) carry their change state. Format 1 records are read
+/// as messages that were never changed, so nothing is rewritten; the version moves so that an
+/// older build, which cannot read format 2, refuses the directory instead of failing later.
+fn messages_carry_change_state(_storage: &Storage) -> Result<(), StorageError> {
+    Ok(())
 }
 
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
         StorageError::Db(e.into_string())
-    }
-}
-
-impl From<StorageError> for Error {
-    fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::Db(_) | StorageError::Superseded | StorageError::Closed => {
-                Error::Unavailable(format!("storage unavailable: {e}"))
-            }
-            _ => Error::Internal(e.to_string()),
-        }
     }
 }
 
@@ -131,7 +114,10 @@ impl Storage {
             }
         };
         if version > SCHEMA_VERSION {
-            return Err(StorageError::NewerSchema { found: version });
+            return Err(StorageError::NewerSchema {
+                found: version,
+                known: SCHEMA_VERSION,
+            });
         }
         for (from, migrate) in MIGRATIONS {
             if *from == version {
@@ -294,7 +280,13 @@ impl Storage {
         room_number: u64,
         seq: u64,
     ) -> Result<Option<MessageRecord>, StorageError> {
-        self.get(Cf::Messages, &keys::message(room_number, seq))
+        match self
+            .db
+            .get_pinned_cf(self.cf(Cf::Messages), keys::message(room_number, seq))?
+        {
+            Some(bytes) => Ok(Some(codec::decode_message(Cf::Messages.name(), &bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Up to `limit` messages of a room in `range`, oldest first.
@@ -317,7 +309,7 @@ impl Storage {
             };
             match keys::split_message(key) {
                 Some((number, seq)) if number == room_number => {
-                    found.push((seq, codec::decode(Cf::Messages.name(), value)?));
+                    found.push((seq, codec::decode_message(Cf::Messages.name(), value)?));
                 }
                 _ => break,
             }
@@ -397,7 +389,7 @@ impl Storage {
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             match keys::split_message(key) {
                 Some((number, seq)) if number == room_number => {
-                    if !visit(seq, codec::decode(Cf::Messages.name(), value)?) {
+                    if !visit(seq, codec::decode_message(Cf::Messages.name(), value)?) {
                         break;
                     }
                 }
@@ -417,8 +409,9 @@ impl Storage {
             .map(|(seq, _)| *seq))
     }
 
-    /// Messages with seq in `(after, upto]` whose sender is not `user_id` (unread counts).
-    pub fn count_not_from(
+    /// Unread messages for `user_id` with seq in `(after, upto]`: `text` and `system`
+    /// messages not sent by them.
+    pub fn count_unread(
         &self,
         room_number: u64,
         after: u64,
@@ -430,7 +423,11 @@ impl Storage {
             if seq > upto {
                 return false;
             }
-            if message.sender.as_deref() != Some(user_id) {
+            let counts = matches!(
+                message.kind,
+                StoredMessageKind::Text | StoredMessageKind::System
+            );
+            if counts && message.sender.as_deref() != Some(user_id) {
                 count += 1;
             }
             true
@@ -449,31 +446,22 @@ mod tests {
             ..StorageConfig::default()
         }
     }
-    use crate::protocol::MessageKind;
-
     fn record(ts: u64, sender: &str) -> MessageRecord {
         MessageRecord {
             ts,
             sender: Some(sender.into()),
-            kind: MessageKind::Text,
             text: format!("m{ts}"),
-            data: None,
-            client_msg_id: None,
+            ..MessageRecord::default()
         }
     }
 
     fn store_messages(storage: &Storage, room: u64, seqs: std::ops::RangeInclusive<u64>) {
-        let writes: Vec<_> = seqs
-            .map(|seq| {
-                let sender = if seq % 2 == 0 { "even" } else { "odd" };
-                KeyWrite::put(
-                    Cf::Messages,
-                    &keys::message(room, seq),
-                    &record(seq, sender),
-                )
-            })
-            .collect();
-        storage.write(&writes, true).unwrap();
+        let mut batch = Batch::new();
+        for seq in seqs {
+            let sender = if seq % 2 == 0 { "even" } else { "odd" };
+            batch.message(room, seq, &record(seq, sender));
+        }
+        storage.write(&batch.writes, true).unwrap();
     }
 
     #[test]
@@ -494,7 +482,7 @@ mod tests {
         assert_eq!(storage.last_message(2).unwrap().unwrap().0, 3);
         assert_eq!(storage.last_message(3).unwrap(), None);
         assert_eq!(storage.first_seq(1).unwrap(), Some(1));
-        assert_eq!(storage.count_not_from(1, 4, 9, "even").unwrap(), 3);
+        assert_eq!(storage.count_unread(1, 4, 9, "even").unwrap(), 3);
     }
 
     #[test]

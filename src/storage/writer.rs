@@ -12,28 +12,13 @@ use std::time::Instant;
 
 use async_lock::{Semaphore, SemaphoreGuardArc};
 
-use super::{codec, Cf, Storage, StorageError};
+use super::{Batch, Storage};
+use crate::error::StorageError;
 use crate::metrics::Metrics;
 
-/// One key change.
-#[derive(Debug)]
-pub enum KeyWrite {
-    Put(Cf, Vec<u8>, Vec<u8>),
-    Delete(Cf, Vec<u8>),
-    /// Every key in `[from, to)`.
-    DeleteRange(Cf, Vec<u8>, Vec<u8>),
-}
-
-impl KeyWrite {
-    /// A put of `value` in the stored record format.
-    pub fn put<T: serde::Serialize>(cf: Cf, key: &[u8], value: &T) -> KeyWrite {
-        KeyWrite::Put(cf, key.to_vec(), codec::encode(value))
-    }
-}
-
-/// What the writer is asked to do: make `writes` durable, then call `done` with the outcome.
+/// What the writer is asked to do: make `batch` durable, then call `done` with the outcome.
 pub struct WriteOp {
-    pub writes: Vec<KeyWrite>,
+    pub batch: Batch,
     /// A generation counter and the value it had when the op was built: if the counter has
     /// moved, an earlier write failed and rolled back the state this op was built on, so the
     /// op is refused with [`StorageError::Superseded`] instead of being written.
@@ -143,13 +128,13 @@ fn commit(storage: &Storage, batch: &mut Vec<(WriteOp, Slot)>, metrics: &Metrics
     if current.is_empty() {
         return;
     }
-    let writes = current.iter().map(|(op, _)| op.writes.len()).sum::<usize>();
+    let writes = current.iter().map(|(op, _)| op.batch.len()).sum::<usize>();
     let result = if writes == 0 {
         // Only barriers: everything before them committed in earlier batches.
         Ok(())
     } else {
         let started = Instant::now();
-        let result = storage.write(current.iter().flat_map(|(op, _)| &op.writes), true);
+        let result = storage.write(current.iter().flat_map(|(op, _)| &op.batch.writes), true);
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -19,9 +19,11 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::engine::{close_code, Connection, ConnectionQueues, Engine, Priority};
+use crate::engine::{close_code, Accepted, Connection, ConnectionQueues, Engine, Priority};
 use crate::error::Error;
-use crate::protocol::{encode, parse_request, Frame, Request, RequestBody, RequestId, ServerFrame};
+use crate::protocol::{
+    encode, parse_request, Frame, Request, RequestBody, RequestId, RoomId, ServerFrame,
+};
 use rate::TokenBucket;
 
 /// Bytes of frames collected before they are written (a flush writes them sooner).
@@ -221,27 +223,18 @@ async fn handle<'a>(
     let result = match body {
         RequestBody::Send { room_id, message } => {
             if !sends.try_take() {
-                let error = Error::RateLimited(format!(
-                    "more than {} sends per second",
-                    engine.config().limits.send_rate
-                ));
-                return ready(Some(error_frame(engine, id.as_ref(), &error)));
+                return ready(Some(rate_limited(engine, id.as_ref())));
             }
-            return match engine.accept_send(&room_id, Some(user), message).await {
-                Ok(accepted) => Box::pin(async move {
-                    let id = id.as_ref();
-                    Some(match accepted.durable().await {
-                        Ok(sent) => encode(&ServerFrame::Sent {
-                            id,
-                            room_id: &room_id,
-                            seq: sent.stamp.seq,
-                            ts: sent.stamp.ts,
-                        }),
-                        Err(error) => error_frame(engine, id, &error),
-                    })
-                }),
-                Err(error) => ready(Some(error_frame(engine, id.as_ref(), &error))),
-            };
+            let accepted = engine.accept_send(&room_id, Some(user), message).await;
+            return answer_post(engine, id, room_id, accepted);
+        }
+        RequestBody::Change { room_id, change } => {
+            // Changes count as sends.
+            if !sends.try_take() {
+                return ready(Some(rate_limited(engine, id.as_ref())));
+            }
+            let accepted = engine.accept_change(&room_id, Some(user), change).await;
+            return answer_post(engine, id, room_id, accepted);
         }
         RequestBody::Ping => Ok(encode(&ServerFrame::Pong { id: id.as_ref() })),
         RequestBody::Rooms => engine.rooms_of(user).await.map(|rooms| {
@@ -279,6 +272,40 @@ async fn handle<'a>(
     ready(Some(result.unwrap_or_else(|error| {
         error_frame(engine, id.as_ref(), &error)
     })))
+}
+
+fn rate_limited(engine: &Engine, id: Option<&RequestId>) -> Frame {
+    let error = Error::RateLimited(format!(
+        "more than {} sends per second",
+        engine.config().limits.send_rate
+    ));
+    error_frame(engine, id, &error)
+}
+
+/// The reply to a send or a change, once it is durable: `sent`, or `ok` for a change that
+/// changed nothing.
+fn answer_post<'a>(
+    engine: &'a Engine,
+    id: Option<RequestId>,
+    room_id: RoomId,
+    accepted: Result<Accepted, Error>,
+) -> Reply<'a> {
+    match accepted {
+        Ok(accepted) => Box::pin(async move {
+            let id = id.as_ref();
+            Some(match accepted.durable().await {
+                Ok(Some(sent)) => encode(&ServerFrame::Sent {
+                    id,
+                    room_id: &room_id,
+                    seq: sent.stamp.seq,
+                    ts: sent.stamp.ts,
+                }),
+                Ok(None) => encode(&ServerFrame::Ok { id }),
+                Err(error) => error_frame(engine, id, &error),
+            })
+        }),
+        Err(error) => ready(Some(error_frame(engine, id.as_ref(), &error))),
+    }
 }
 
 async fn write_loop<S>(shared: &Shared<'_>, mut sink: WebSocketSender<S>, queues: ConnectionQueues)

@@ -1,0 +1,31 @@
+//! The seam between deciding a change and applying it. An [`Authority`] decides every
+//! [`Proposal`]: [`super::Local`] under the room's lock on this node, or, in cluster mode,
+//! the cluster module's implementation, which asks Redis. lib.rs picks one at start-up; the
+//! engine never knows which.
+
+use futures_util::future::BoxFuture;
+
+use super::change::{Decided, Proposal};
+use super::Engine;
+use crate::error::Error;
+use crate::protocol::{RoomId, UserId};
+
+/// Who decides changes, and what comes with that duty.
+pub trait Authority: Send + Sync + 'static {
+    /// Decides `proposal` and sees that `engine` applies it. Resolves once it is decided;
+    /// the decision's `durable` resolves once the change is durable and visible here.
+    fn decide<'a>(
+        &'a self,
+        engine: &'a Engine,
+        proposal: Proposal,
+    ) -> BoxFuture<'a, Result<Decided, Error>>;
+
+    /// Tells the other members of `room_id` that `user` is typing, best effort.
+    fn typing(&self, engine: &Engine, room_id: &RoomId, user: &UserId);
+
+    /// Whether it can decide now (`/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// Its background work, run for as long as the server runs; never returns.
+    fn duties<'a>(&'a self, engine: &'a Engine) -> BoxFuture<'a, ()>;
+}

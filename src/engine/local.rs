@@ -1,0 +1,297 @@
+//! [`Local`]: the authority of a single node. It decides each change under the room's lock
+//! (seq and ts, dedup, membership, the rules of message changes), applies it at once under
+//! that same lock, and so hands the writer a room's changes in the order they were decided.
+//!
+//! A repeat of a change already made submits a barrier (a write with nothing in it): it
+//! commits after the original, so even a repeat that races the original answers only once
+//! the change is on disk.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::authority::Authority;
+use super::change::{Change, Decided, Made, Post, Proposal};
+use super::commit::Durable;
+use super::room::{DedupKey, Room, RoomState, Target};
+use super::rules::{self, Verdict};
+use super::Engine;
+use crate::error::Error;
+use crate::protocol::{now_ms, Message, RoomId, RoomKind, UserId};
+use crate::sync::lock;
+
+/// Decides on this node; the default authority.
+pub struct Local;
+
+impl Authority for Local {
+    fn decide<'a>(
+        &'a self,
+        engine: &'a Engine,
+        proposal: Proposal,
+    ) -> BoxFuture<'a, Result<Decided, Error>> {
+        Box::pin(engine.decide_locally(proposal))
+    }
+
+    fn typing(&self, engine: &Engine, room_id: &RoomId, user: &UserId) {
+        engine.push_typing(room_id, user);
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn duties<'a>(&'a self, _engine: &'a Engine) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+}
+
+fn decided(made: Made, durable: Durable) -> Decided {
+    Decided {
+        made,
+        stamp: None,
+        durable,
+    }
+}
+
+impl Engine {
+    async fn decide_locally(&self, proposal: Proposal) -> Result<Decided, Error> {
+        match proposal {
+            Proposal::Create {
+                room_id,
+                kind,
+                owner,
+                members,
+            } => self.create_locally(room_id, kind, owner, members).await,
+            Proposal::Close { room_id } => self.close_locally(room_id).await,
+            Proposal::Join { room_id, user_id } => {
+                self.in_room(&room_id, |state| {
+                    forbid_direct_change(state.0)?;
+                    Ok(Change::Joined {
+                        room_id: room_id.clone(),
+                        user_id,
+                    })
+                })
+                .await
+            }
+            Proposal::Leave { room_id, user_id } => {
+                self.in_room(&room_id, |state| {
+                    forbid_direct_change(state.0)?;
+                    Ok(Change::Left {
+                        room_id: room_id.clone(),
+                        user_id,
+                    })
+                })
+                .await
+            }
+            Proposal::Read {
+                room_id,
+                user_id,
+                seq,
+            } => {
+                self.in_room(&room_id, |(_, state)| {
+                    if !state.is_member(&user_id) {
+                        return Err(Error::not_member(room_id.as_str()));
+                    }
+                    Ok(Change::Read {
+                        room_id: room_id.clone(),
+                        user_id,
+                        seq,
+                    })
+                })
+                .await
+            }
+            Proposal::Post { room_id, post } => self.post_locally(room_id, post).await,
+        }
+    }
+
+    /// Decides a change inside an open room with `decide`, under the room's lock, and
+    /// applies it; a change made already is answered once it is durable.
+    async fn in_room(
+        &self,
+        room_id: &RoomId,
+        decide: impl FnOnce((&Room, &RoomState)) -> Result<Change, Error>,
+    ) -> Result<Decided, Error> {
+        let room = self.open_room(room_id)?;
+        let slot = self.inner.writer.reserve().await;
+        let mut state = room.state();
+        room.ensure_open(&state)?;
+        let change = decide((&room, &state))?;
+        let (made, completion) = self.apply_to_room(slot, &room, &mut state, change, None);
+        Ok(decided(made, Durable::Commit(completion)))
+    }
+}
+
+/// Membership of a direct room never changes.
+fn forbid_direct_change(room: &Room) -> Result<(), Error> {
+    if room.kind == RoomKind::Direct {
+        return Err(Error::direct_unchangeable());
+    }
+    Ok(())
+}
+
+/// What a post's decision still needs from disk before it can be made.
+enum Needs {
+    Decided(Decided),
+    /// The dedup window may have lost this `client_msg_id` to disk: look there.
+    Dedup,
+    /// The target is on disk only: read it, noting `target_commits` of now.
+    Target(u64),
+}
+
+impl Engine {
+    async fn create_locally(
+        &self,
+        room_id: RoomId,
+        kind: RoomKind,
+        owner: Option<UserId>,
+        members: Vec<UserId>,
+    ) -> Result<Decided, Error> {
+        let slot = self.inner.writer.reserve().await;
+        let engine = self.clone();
+        smol::unblock(move || {
+            let _lifecycle = lock(&engine.inner.lifecycle);
+            if let Some(room) = engine.room(&room_id) {
+                if room.kind != kind || room.owner != owner {
+                    return Err(Error::owner_conflict(room_id.as_str()));
+                }
+                let barrier = engine.barrier(slot, &room);
+                return Ok(decided(Made::Before, Durable::Commit(barrier)));
+            }
+            // Every open room is in memory; one on disk but not in memory was closed.
+            if engine.inner.storage.room(room_id.as_str())?.is_some() {
+                return Err(Error::closed_id_reused(room_id.as_str()));
+            }
+            let (_view, completion) =
+                engine.create_room(slot, room_id, kind, owner, &members, now_ms());
+            Ok(decided(Made::Now, Durable::Commit(completion)))
+        })
+        .await
+    }
+
+    async fn close_locally(&self, room_id: RoomId) -> Result<Decided, Error> {
+        let slot = self.inner.writer.reserve().await;
+        let engine = self.clone();
+        smol::unblock(move || {
+            let _lifecycle = lock(&engine.inner.lifecycle);
+            let Some(room) = engine.room(&room_id) else {
+                // Already closed, or closing in a write still in flight: wait for it.
+                let barrier = engine.submit_unbound(slot, Default::default(), || {});
+                return Ok(decided(Made::Before, Durable::Commit(barrier)));
+            };
+            forbid_direct_change(&room)?;
+            let completion = engine.close_room_locked(slot, &room, now_ms());
+            Ok(decided(Made::Now, Durable::Commit(completion)))
+        })
+        .await
+    }
+
+    /// Decides a message or a change to one: dedup first (a repeat answers with the first
+    /// send's stamp), then the rules against the target's current state, then a seq and ts.
+    /// Whatever the decision needs from disk is read with the lock released, and the
+    /// decision is taken again with it.
+    async fn post_locally(&self, room_id: RoomId, post: Post) -> Result<Decided, Error> {
+        let room = self.open_room(&room_id)?;
+        let dedup_key: Option<DedupKey> = post
+            .client_msg_id
+            .clone()
+            .map(|id| (post.sender.clone(), id));
+        let mut known_evictions = None;
+        let mut read_target: Option<(u64, Option<Arc<Message>>)> = None;
+        loop {
+            let slot = self.inner.writer.reserve().await;
+            let needs = 'decide: {
+                let mut state = room.state();
+                check_can_post(&room, &state, post.sender.as_ref())?;
+                let repeat = dedup_key.as_ref().and_then(|key| state.dedup_lookup(key));
+                let window_may_miss = dedup_key.is_some()
+                    && !state.dedup_complete
+                    && known_evictions != Some(state.dedup_evictions);
+                if let Some(stamp) = repeat {
+                    let barrier = self.barrier(slot, &room);
+                    Needs::Decided(Decided {
+                        made: Made::Before,
+                        stamp: Some(stamp),
+                        durable: Durable::Commit(barrier),
+                    })
+                } else if window_may_miss {
+                    // Unchanged evictions on the next pass mean nothing left the window since.
+                    known_evictions = Some(state.dedup_evictions);
+                    Needs::Dedup
+                } else {
+                    let target = match post.target_seq() {
+                        None => None,
+                        Some(seq) => match state.target(seq, read_target.as_ref()) {
+                            Target::Found(target) => Some(target),
+                            Target::Missing => {
+                                return Err(Error::message_not_found(room_id.as_str(), seq))
+                            }
+                            Target::OnDisk => break 'decide Needs::Target(state.target_commits),
+                        },
+                    };
+                    Needs::Decided(self.decide_post(slot, &room, &mut state, &post, target)?)
+                }
+            };
+            match needs {
+                Needs::Decided(decided) => return Ok(decided),
+                Needs::Dedup => {
+                    let Some(key) = &dedup_key else { continue };
+                    if let Some(stamp) = self.stored_dedup(&room, key).await? {
+                        return Ok(Decided {
+                            made: Made::Before,
+                            stamp: Some(stamp),
+                            durable: Durable::Now,
+                        });
+                    }
+                }
+                Needs::Target(commits) => {
+                    let seq = post.target_seq().unwrap_or_default();
+                    read_target = Some((commits, self.stored_message(&room, seq).await?));
+                }
+            }
+        }
+    }
+
+    /// The last step of [`Engine::post_locally`], under the room's lock: the rules, then the
+    /// seq and ts, then apply.
+    fn decide_post(
+        &self,
+        slot: crate::storage::writer::Slot,
+        room: &Arc<Room>,
+        state: &mut RoomState,
+        post: &Post,
+        target: Option<Arc<Message>>,
+    ) -> Result<Decided, Error> {
+        if let (Some(amendment), Some(target)) = (post.change, &target) {
+            if rules::judge(amendment, post, target)? == Verdict::Nothing {
+                let barrier = self.barrier(slot, room);
+                return Ok(decided(Made::Nothing, Durable::Commit(barrier)));
+            }
+        }
+        let stamp = state.assigned.next(now_ms());
+        let change = Change::Posted {
+            room_id: room.id.clone(),
+            seq: stamp.seq,
+            ts: stamp.ts,
+            post: post.clone(),
+        };
+        let (_, completion) = self.apply_to_room(slot, room, state, change, target);
+        Ok(Decided {
+            made: Made::Now,
+            stamp: Some(stamp),
+            durable: Durable::Commit(completion),
+        })
+    }
+}
+
+/// Whether `sender` (None: RouteAPI, which needs no membership) may post in `room` now.
+pub(super) fn check_can_post(
+    room: &Room,
+    state: &RoomState,
+    sender: Option<&UserId>,
+) -> Result<(), Error> {
+    room.ensure_open(state)?;
+    match sender {
+        Some(user) if !state.is_member(user) => Err(Error::not_member(room.id.as_str())),
+        _ => Ok(()),
+    }
+}
