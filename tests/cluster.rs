@@ -555,6 +555,15 @@ fn message_changes_are_decided_once_and_reach_every_node() {
         json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "x", "data": 1}),
         "bad_request",
     );
+    // A change's client_msg_id holds across nodes: the retry through B answers with A's seq.
+    let edit = json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "eta 2",
+                      "client_msg_id": "e-1"});
+    let first = driver.request_ok(edit.clone(), "sent");
+    let retry = driver_on_b.request_ok(edit, "sent");
+    assert_eq!(
+        (first["seq"].clone(), first["ts"].clone()),
+        (retry["seq"].clone(), retry["ts"].clone())
+    );
     rider.request_err(
         json!({"type": "delete", "room_id": "r-ch", "seq": 1}),
         "forbidden",
@@ -595,8 +604,9 @@ fn message_changes_are_decided_once_and_reach_every_node() {
         json!({"type": "edit", "room_id": "r-ch", "seq": 1, "text": "back"}),
         "conflict",
     );
-    // The message, the edit, five reactions and their removals, one more reaction, the delete.
-    let count = 2 + 10 + 1 + 1;
+    // The message, two edits, five reactions and their removals, one more reaction, the
+    // delete.
+    let count = 3 + 10 + 1 + 1;
     let (on_a, on_b) = (
         a.history_of_size("r-ch", count),
         b.history_of_size("r-ch", count),

@@ -6,7 +6,7 @@
 //! client reads its own writes on its node, and every node ends up with the same history.
 //! Each node stores how far it has applied every log, beside the data, and so resumes
 //! where it stopped after a restart or a lost Redis connection. Redis must persist its
-//! data (AOF) for a Redis restart to lose nothing: see README, "Cluster mode".
+//! data (AOF) for a Redis restart to lose nothing: see docs/cluster.md.
 
 mod link;
 mod scripts;

@@ -64,24 +64,12 @@ impl Engine {
             } => self.create_locally(room_id, kind, owner, members).await,
             Proposal::Close { room_id } => self.close_locally(room_id).await,
             Proposal::Join { room_id, user_id } => {
-                self.in_room(&room_id, |state| {
-                    forbid_direct_change(state.0)?;
-                    Ok(Change::Joined {
-                        room_id: room_id.clone(),
-                        user_id,
-                    })
-                })
-                .await
+                self.membership_change(Change::Joined { room_id, user_id })
+                    .await
             }
             Proposal::Leave { room_id, user_id } => {
-                self.in_room(&room_id, |state| {
-                    forbid_direct_change(state.0)?;
-                    Ok(Change::Left {
-                        room_id: room_id.clone(),
-                        user_id,
-                    })
-                })
-                .await
+                self.membership_change(Change::Left { room_id, user_id })
+                    .await
             }
             Proposal::Read {
                 room_id,
@@ -102,6 +90,16 @@ impl Engine {
             }
             Proposal::Post { room_id, post } => self.post_locally(room_id, post).await,
         }
+    }
+
+    /// A member joining or leaving; the members of a direct room never change.
+    async fn membership_change(&self, change: Change) -> Result<Decided, Error> {
+        let room_id = change.room_id().clone();
+        self.in_room(&room_id, |(room, _)| {
+            forbid_direct_change(room)?;
+            Ok(change)
+        })
+        .await
     }
 
     /// Decides a change inside an open room with `decide`, under the room's lock, and

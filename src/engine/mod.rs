@@ -198,7 +198,11 @@ impl Engine {
             smol::Timer::after(Duration::from_millis(10)).await;
         }
         let engine = self.clone();
-        smol::unblock(move || engine.inner.writer.close()).await;
+        smol::unblock(move || {
+            engine.inner.writer.close();
+            engine.inner.storage.stop_background_work();
+        })
+        .await;
         log::info!("storage writer stopped; all acknowledged writes are durable");
     }
 

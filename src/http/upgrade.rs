@@ -7,7 +7,7 @@ use tide::{Response, StatusCode};
 use super::{bearer, error_response, Req};
 use crate::error::Error;
 
-/// Opens the app's WebSocket (frames: README.md, "WebSocket protocol"). The token is a
+/// Opens the app's WebSocket (frames: docs/protocol.md, "WebSocket"). The token is a
 /// JWT (HS256, `sub` = user id) in `Authorization: Bearer` or in `?token=`.
 #[utoipa::path(
     get,

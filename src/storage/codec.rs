@@ -101,7 +101,7 @@ impl Default for StoredMessageKind {
 }
 
 /// A message record as schema 1 wrote it (format 1).
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct MessageRecordV1 {
     ts: u64,
     sender: Option<String>,
@@ -191,16 +191,6 @@ fn empty(cf: &'static str) -> StorageError {
 mod tests {
     use super::*;
 
-    #[derive(Serialize)]
-    struct MessageV1Written {
-        ts: u64,
-        sender: Option<String>,
-        kind: StoredMessageKind,
-        text: String,
-        data: Option<String>,
-        client_msg_id: Option<String>,
-    }
-
     #[test]
     fn records_round_trip() {
         let message = MessageRecord {
@@ -251,7 +241,7 @@ mod tests {
         });
         let room: RoomRecord = decode("rooms", &old_room).unwrap();
         assert_eq!(room.kind, StoredRoomKind::Direct);
-        let old_message = encode(&MessageV1Written {
+        let old_message = encode(&MessageRecordV1 {
             ts: 5,
             sender: None,
             kind: StoredMessageKind::System,

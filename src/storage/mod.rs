@@ -101,6 +101,14 @@ impl Storage {
         Ok(())
     }
 
+    /// Stops RocksDB's flushes and compactions and waits for the running ones. Called once
+    /// the writer has stopped: the process may exit while the database is still referenced
+    /// (a connection task tide has not dropped yet), and a background job still running
+    /// while the process's static destructors run crashes it.
+    pub fn stop_background_work(&self) {
+        self.db.cancel_all_background_work(true);
+    }
+
     fn upgrade_schema(&self) -> Result<(), StorageError> {
         let stored = self.get::<u32>(Cf::Meta, keys::META_SCHEMA_VERSION)?;
         let mut version = match stored {
