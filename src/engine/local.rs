@@ -127,13 +127,22 @@ fn forbid_direct_change(room: &Room) -> Result<(), Error> {
     Ok(())
 }
 
-/// What a post's decision still needs from disk before it can be made.
+/// What a post's decision still needs from disk before it can be made; the post comes back
+/// with it.
 enum Needs {
-    Decided(Decided),
     /// The dedup window may have lost this `client_msg_id` to disk: look there.
-    Dedup,
+    Dedup(Post),
     /// The target is on disk only: read it, noting `target_commits` of now.
-    Target(u64),
+    Target(Post, u64),
+}
+
+/// What a post's reads from disk found so far.
+#[derive(Default)]
+struct Looked {
+    /// The room's dedup evictions when the window last missed, so disk was checked.
+    evictions: Option<u64>,
+    /// The target as read from disk, with the room's `target_commits` then.
+    target: Option<(u64, Option<Arc<Message>>)>,
 }
 
 impl Engine {
@@ -189,95 +198,93 @@ impl Engine {
     /// decision is taken again with it.
     async fn post_locally(&self, room_id: RoomId, post: Post) -> Result<Decided, Error> {
         let room = self.open_room(&room_id)?;
-        let dedup_key: Option<DedupKey> = post
-            .client_msg_id
-            .clone()
-            .map(|id| (post.sender.clone(), id));
-        let mut known_evictions = None;
-        let mut read_target: Option<(u64, Option<Arc<Message>>)> = None;
+        let mut looked = Looked::default();
+        let mut post = post;
         loop {
             let slot = self.inner.writer.reserve().await;
-            let needs = 'decide: {
-                let mut state = room.state();
-                check_can_post(&room, &state, post.sender.as_ref())?;
-                let repeat = dedup_key.as_ref().and_then(|key| state.dedup_lookup(key));
-                let window_may_miss = dedup_key.is_some()
-                    && !state.dedup_complete
-                    && known_evictions != Some(state.dedup_evictions);
-                if let Some(stamp) = repeat {
-                    let barrier = self.barrier(slot, &room);
-                    Needs::Decided(Decided {
-                        made: Made::Before,
-                        stamp: Some(stamp),
-                        durable: Durable::Commit(barrier),
-                    })
-                } else if window_may_miss {
-                    // Unchanged evictions on the next pass mean nothing left the window since.
-                    known_evictions = Some(state.dedup_evictions);
-                    Needs::Dedup
-                } else {
-                    let target = match post.target_seq() {
-                        None => None,
-                        Some(seq) => match state.target(seq, read_target.as_ref()) {
-                            Target::Found(target) => Some(target),
-                            Target::Missing => {
-                                return Err(Error::message_not_found(room_id.as_str(), seq))
-                            }
-                            Target::OnDisk => break 'decide Needs::Target(state.target_commits),
-                        },
-                    };
-                    Needs::Decided(self.decide_post(slot, &room, &mut state, &post, target)?)
-                }
-            };
-            match needs {
-                Needs::Decided(decided) => return Ok(decided),
-                Needs::Dedup => {
-                    let Some(key) = &dedup_key else { continue };
-                    if let Some(stamp) = self.stored_dedup(&room, key).await? {
-                        return Ok(Decided {
-                            made: Made::Before,
-                            stamp: Some(stamp),
-                            durable: Durable::Now,
-                        });
+            match self.decide_post(slot, &room, post, &mut looked)? {
+                Ok(decided) => return Ok(decided),
+                Err(Needs::Dedup(back)) => {
+                    if let Some(id) = &back.client_msg_id {
+                        let key = (back.sender.clone(), id.clone());
+                        if let Some(stamp) = self.stored_dedup(&room, &key).await? {
+                            return Ok(Decided {
+                                made: Made::Before,
+                                stamp: Some(stamp),
+                                durable: Durable::Now,
+                            });
+                        }
                     }
+                    post = back;
                 }
-                Needs::Target(commits) => {
-                    let seq = post.target_seq().unwrap_or_default();
-                    read_target = Some((commits, self.stored_message(&room, seq).await?));
+                Err(Needs::Target(back, commits)) => {
+                    let seq = back.target_seq().unwrap_or_default();
+                    looked.target = Some((commits, self.stored_message(&room, seq).await?));
+                    post = back;
                 }
             }
         }
     }
 
-    /// The last step of [`Engine::post_locally`], under the room's lock: the rules, then the
-    /// seq and ts, then apply.
+    /// One pass of [`Engine::post_locally`] under the room's lock: decided and applied, or
+    /// the post back with what to read from disk first.
     fn decide_post(
         &self,
         slot: crate::storage::writer::Slot,
         room: &Arc<Room>,
-        state: &mut RoomState,
-        post: &Post,
-        target: Option<Arc<Message>>,
-    ) -> Result<Decided, Error> {
-        if let (Some(amendment), Some(target)) = (post.change, &target) {
-            if rules::judge(amendment, post, target)? == Verdict::Nothing {
+        post: Post,
+        looked: &mut Looked,
+    ) -> Result<Result<Decided, Needs>, Error> {
+        let mut state = room.state();
+        check_can_post(room, &state, post.sender.as_ref())?;
+        if let Some(id) = &post.client_msg_id {
+            let key: DedupKey = (post.sender.clone(), id.clone());
+            if let Some(stamp) = state.dedup_lookup(&key) {
                 let barrier = self.barrier(slot, room);
-                return Ok(decided(Made::Nothing, Durable::Commit(barrier)));
+                return Ok(Ok(Decided {
+                    made: Made::Before,
+                    stamp: Some(stamp),
+                    durable: Durable::Commit(barrier),
+                }));
+            }
+            if !state.dedup_complete && looked.evictions != Some(state.dedup_evictions) {
+                // Unchanged evictions on the next pass mean nothing left the window since.
+                looked.evictions = Some(state.dedup_evictions);
+                return Ok(Err(Needs::Dedup(post)));
             }
         }
+        let target = match post.change {
+            None => None,
+            Some(amendment) => {
+                let seq = amendment.target_seq();
+                let target = match state.target(seq, looked.target.as_ref()) {
+                    Target::Found(target) => target,
+                    Target::Missing => return Err(Error::message_not_found(room.id.as_str(), seq)),
+                    Target::OnDisk => {
+                        let commits = state.target_commits;
+                        return Ok(Err(Needs::Target(post, commits)));
+                    }
+                };
+                if rules::judge(amendment, &post, &target)? == Verdict::Nothing {
+                    let barrier = self.barrier(slot, room);
+                    return Ok(Ok(decided(Made::Nothing, Durable::Commit(barrier))));
+                }
+                Some(target)
+            }
+        };
         let stamp = state.assigned.next(now_ms());
         let change = Change::Posted {
             room_id: room.id.clone(),
             seq: stamp.seq,
             ts: stamp.ts,
-            post: post.clone(),
+            post,
         };
-        let (_, completion) = self.apply_to_room(slot, room, state, change, target);
-        Ok(Decided {
+        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target);
+        Ok(Ok(Decided {
             made: Made::Now,
             stamp: Some(stamp),
             durable: Durable::Commit(completion),
-        })
+        }))
     }
 }
 

@@ -62,9 +62,11 @@ impl Reactions {
             .any(|(r, users)| r == reaction && users.contains(user))
     }
 
-    /// Adds `user` last under `reaction` (moving them there if they had it already).
+    /// Adds `user` last under `reaction`; adding one they have changes nothing.
     pub fn add(&mut self, reaction: &str, user: &UserId) {
-        self.remove(reaction, user);
+        if self.has(reaction, user) {
+            return;
+        }
         match self.0.iter_mut().find(|(r, _)| r == reaction) {
             Some((_, users)) => users.push(user.clone()),
             None => self.0.push((reaction.to_owned(), vec![user.clone()])),
@@ -369,10 +371,17 @@ mod tests {
         message.reactions.add("+1", &a);
         assert_eq!(
             serde_json::to_string(&message).unwrap(),
-            r#"{"room_id":"r","seq":1,"ts":2,"sender":"a","kind":"text","text":"t","edited_ts":9,"reactions":{"+1":["b","a"],"<3":["b"]}}"#
+            r#"{"room_id":"r","seq":1,"ts":2,"sender":"a","kind":"text","text":"t","edited_ts":9,"reactions":{"+1":["a","b"],"<3":["b"]}}"#
         );
         message.reactions.remove("<3", &b);
         assert!(!message.reactions.has("<3", &b));
+        message.reactions.remove("+1", &a);
+        message.reactions.add("+1", &a);
+        assert_eq!(
+            message.reactions.0[0].1,
+            [b.clone(), a.clone()],
+            "again puts them last"
+        );
         assert_eq!(message.reactions.0.len(), 1, "an empty reaction disappears");
     }
 

@@ -1,5 +1,5 @@
-// chat-engine's demo client: plain JavaScript over the WebSocket protocol (README.md,
-// "WebSocket protocol"). It lists rooms with unread counts, syncs the room you pick, shows
+// chat-engine's demo client: plain JavaScript over the WebSocket protocol
+// (docs/protocol.md). It lists rooms with unread counts, syncs the room you pick, shows
 // messages and typing live, sends, edits, deletes and reacts, and opens direct chats.
 //
 // Edits, deletes and reactions are messages of their own (`kind` edit/delete/reaction,
