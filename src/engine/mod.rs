@@ -278,7 +278,7 @@ fn unindex(index: &mut HashMap<UserId, HashSet<RoomId>>, user: &UserId, room_id:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::NewMessage;
+    use crate::protocol::{NewChange, NewMessage};
 
     fn text(body: &str) -> NewMessage {
         NewMessage {
@@ -307,22 +307,21 @@ mod tests {
                 .unwrap();
             assert_eq!(first.stamp.seq, 1);
 
-            engine
-                .inner
-                .storage
-                .fail_writes
-                .store(true, Ordering::Relaxed);
+            let fail = |on: bool| {
+                engine
+                    .inner
+                    .storage
+                    .fail_writes
+                    .store(on, Ordering::Relaxed)
+            };
+            fail(true);
             let failed = engine.send(&room, Some(&driver), text("lost")).await;
             assert_eq!(failed.err().map(|e| e.code()), Some("unavailable"));
             assert!(!engine.is_ready(), "readyz reports the failure");
             let failed_join = engine.join(&room, &UserId::parse("u").unwrap()).await;
             assert_eq!(failed_join.err().map(|e| e.code()), Some("unavailable"));
 
-            engine
-                .inner
-                .storage
-                .fail_writes
-                .store(false, Ordering::Relaxed);
+            fail(false);
             let next = engine
                 .send(&room, Some(&driver), text("two"))
                 .await
@@ -337,6 +336,32 @@ mod tests {
                 .unwrap();
             let texts: Vec<_> = page.messages.iter().map(|m| m.text.as_str()).collect();
             assert_eq!(texts, ["one", "two"]);
+
+            // A change whose write fails leaves its target as it was, and takes no seq.
+            let edit = |text: &str| NewChange::Edit {
+                seq: 1,
+                message: self::text(text),
+            };
+            fail(true);
+            let failed = engine
+                .accept_change(&room, Some(&driver), edit("lost"))
+                .await;
+            let failed = match failed {
+                Ok(accepted) => accepted.durable().await.err(),
+                Err(e) => Some(e),
+            };
+            assert_eq!(failed.map(|e| e.code()), Some("unavailable"));
+            fail(false);
+            let target = engine.message_at(&room, 1).await.unwrap();
+            assert_eq!((target.text.as_str(), target.edited_ts), ("one", None));
+            let sent = engine
+                .accept_change(&room, Some(&driver), edit("one!"))
+                .await;
+            let sent = sent.unwrap().durable().await.unwrap().unwrap();
+            assert_eq!(sent.stamp.seq, 3, "the failed edit left no gap");
+            let target = engine.message_at(&room, 1).await.unwrap();
+            assert_eq!(target.text, "one!");
+            engine.shutdown().await;
         });
     }
 }
