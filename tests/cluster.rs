@@ -629,4 +629,31 @@ fn message_changes_are_decided_once_and_reach_every_node() {
         assert_eq!(target["message"]["deleted"], true, "{target}");
         assert_eq!(target["message"]["reactions"], json!({"👍": ["rider"]}));
     }
+
+    // RouteAPI edits its system message through B; A shows the edit, and a repeat through
+    // A changes nothing and answers with the same edit. A stranger is not a member anywhere.
+    let (status, system) = post(&a, "r-ch", json!({"text": "pickup at 5"}));
+    assert_eq!(status, 201, "{system}");
+    let path = format!("/v1/rooms/r-ch/messages/{}", system["message"]["seq"]);
+    let (status, edit) = b.rest("PATCH", &path, Some(json!({"text": "pickup at 6"})));
+    assert_eq!(status, 200, "{edit}");
+    let (status, again) = a.rest("PATCH", &path, Some(json!({"text": "pickup at 6"})));
+    assert_eq!((status, &again["message"]), (200, &edit["message"]));
+    let edited = a.rest("GET", &path, None).1;
+    assert_eq!(edited["message"]["text"], "pickup at 6");
+    assert_eq!(edited["message"]["edited_ts"], edit["message"]["ts"]);
+    assert_eq!(
+        b.rest(
+            "PATCH",
+            "/v1/rooms/r-ch/messages/2",
+            Some(json!({"text": "x"}))
+        )
+        .0,
+        400
+    );
+    let mut stranger = b.ws("stranger");
+    stranger.request_err(
+        json!({"type": "react", "room_id": "r-ch", "seq": 1, "reaction": "x"}),
+        "not_member",
+    );
 }
