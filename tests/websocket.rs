@@ -182,6 +182,61 @@ fn rooms_lists_the_users_rooms_with_unread() {
 }
 
 #[track_caller]
+#[test]
+fn rooms_pages_most_recently_active_first() {
+    let server = TestServer::start();
+    for i in 1..=5 {
+        server.create_room(&format!("pg-{i}"), "driver");
+        server.add_member(&format!("pg-{i}"), "rider");
+        // Distinct creation times, so the order below is the only one.
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    server.post_message("pg-2", json!({"text": "older"}));
+    std::thread::sleep(Duration::from_millis(3));
+    server.post_message("pg-4", json!({"text": "newest"}));
+    let mut rider = server.ws("rider");
+    let page = |c: &mut Client, frame: Value| {
+        let reply = c.request_ok(frame, "rooms");
+        let ids: Vec<String> = reply["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["room_id"].as_str().unwrap().to_owned())
+            .collect();
+        (ids, reply)
+    };
+    // Rooms with messages by their last message, the others by their creation.
+    let (ids, first) = page(&mut rider, json!({"type": "rooms", "limit": 2}));
+    assert_eq!(ids, ["pg-4", "pg-2"]);
+    assert_eq!(first["has_more"], true);
+    let before = first["rooms"][1]["last_ts"].clone();
+    let (ids, second) = page(
+        &mut rider,
+        json!({"type": "rooms", "limit": 2, "before_ts": before}),
+    );
+    assert_eq!(ids, ["pg-5", "pg-3"]);
+    assert_eq!(second["has_more"], true);
+    assert_eq!(second["rooms"][0]["unread"], 0, "pages carry unread counts");
+    let before = second["rooms"][1]["created_ts"].clone();
+    let (ids, third) = page(
+        &mut rider,
+        json!({"type": "rooms", "limit": 2, "before_ts": before}),
+    );
+    assert_eq!(
+        (ids, third["has_more"].clone()),
+        (vec!["pg-1".to_owned()], json!(false))
+    );
+    // Without a limit: every room, as in v1, and no has_more.
+    let (ids, all) = page(&mut rider, json!({"type": "rooms"}));
+    assert_eq!(ids, ["pg-4", "pg-2", "pg-5", "pg-3", "pg-1"]);
+    assert!(all.get("has_more").is_none(), "{all}");
+    // A limit over 500 is capped; 0 and a mistyped one are bad_request.
+    let (ids, capped) = page(&mut rider, json!({"type": "rooms", "limit": 100000}));
+    assert_eq!((ids.len(), capped["has_more"].clone()), (5, json!(false)));
+    rider.request_err(json!({"type": "rooms", "limit": 0}), "bad_request");
+    rider.request_err(json!({"type": "rooms", "limit": "2"}), "bad_request");
+}
+
 fn unread(c: &mut Client, room: &str) -> u64 {
     let rooms = c.rooms();
     find_room(&rooms, room).unwrap_or_else(|| panic!("{room} not listed: {rooms:?}"))["unread"]

@@ -1,10 +1,12 @@
 //! Sending messages, read markers, typing, and the user's room list with unread counts.
 
 use super::change::{Decided, Made, Post, Proposal};
+use std::sync::Arc;
+
 use super::room::{DedupKey, Room, Stamp};
 use super::{Durable, Engine, Priority};
 use crate::error::Error;
-use crate::protocol::{encode, NewMessage, RoomId, RoomView, ServerFrame, UserId};
+use crate::protocol::{encode, NewMessage, RoomId, RoomView, RoomsPage, ServerFrame, UserId};
 use crate::sync::lock;
 
 /// What a send produced.
@@ -155,12 +157,29 @@ impl Engine {
             .deliver(&audience, Some(user), &frame, Priority::Droppable);
     }
 
-    /// `rooms`: every room of the user with its unread count, most recently active first.
-    pub async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomView>, Error> {
+    /// `rooms`: the user's rooms with their unread counts, most recently active first (by
+    /// `last_ts`, or `created_ts` for a room with no messages), strictly older than
+    /// `page.before_ts` and at most `page.limit` of them; and whether more are older.
+    pub async fn rooms_of(&self, user: &UserId, page: &RoomsPage) -> Result<RoomsList, Error> {
         let ids: Vec<RoomId> = lock(&self.inner.user_rooms)
             .get(user)
             .map(|rooms| rooms.iter().cloned().collect())
             .unwrap_or_default();
+        let mut rooms: Vec<(u64, Arc<Room>)> = ids
+            .iter()
+            .filter_map(|id| self.room(id))
+            .map(|room| {
+                let active = activity(&room.state(), room.created_ts);
+                (active, room)
+            })
+            .filter(|(active, _)| page.before_ts.is_none_or(|before| *active < before))
+            .collect();
+        rooms.sort_by(|(a_ts, a), (b_ts, b)| b_ts.cmp(a_ts).then_with(|| a.id.cmp(&b.id)));
+        let has_more = page.limit.is_some_and(|limit| rooms.len() > limit);
+        if let Some(limit) = page.limit {
+            rooms.truncate(limit);
+        }
+        let ids: Vec<RoomId> = rooms.into_iter().map(|(_, room)| room.id.clone()).collect();
         let mut views = Vec::with_capacity(ids.len());
         // Unread counts the cache cannot give: (index in views, room number, after, upto).
         let mut from_disk = Vec::new();
@@ -203,11 +222,25 @@ impl Engine {
                 }
             }
         }
-        views.sort_by(|a, b| {
-            b.last_ts
-                .cmp(&a.last_ts)
-                .then_with(|| a.room_id.cmp(&b.room_id))
-        });
-        Ok(views)
+        Ok(RoomsList {
+            rooms: views,
+            has_more,
+        })
     }
+}
+
+/// A room's place in the `rooms` order: its last message's ts, or its creation.
+fn activity(state: &super::room::RoomState, created_ts: u64) -> u64 {
+    if state.committed.seq == 0 {
+        created_ts
+    } else {
+        state.committed.ts
+    }
+}
+
+/// One page of a user's rooms.
+pub struct RoomsList {
+    pub rooms: Vec<RoomView>,
+    /// Whether rooms older than the last one on the page remain (only with a `limit`).
+    pub has_more: bool,
 }

@@ -40,7 +40,7 @@ pub use connections::{close_code, Connection, ConnectionQueues, Priority};
 use connections::{QueueLimits, Registry};
 pub use events::{Event, Subscriber};
 pub use local::Local;
-pub use messages::{Accepted, Sent};
+pub use messages::{Accepted, RoomsList, Sent};
 use room::Room;
 pub use room::Stamp;
 pub use rules::Verdict;

@@ -20,7 +20,7 @@ pub struct Request {
 
 #[derive(Debug)]
 pub enum RequestBody {
-    Rooms,
+    Rooms(RoomsPage),
     Sync {
         room_id: RoomId,
         query: HistoryQuery,
@@ -45,6 +45,32 @@ pub enum RequestBody {
         room_id: RoomId,
     },
     Ping,
+}
+
+/// Which of the user's rooms a `rooms` request wants: all of them (v1), or a page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RoomsPage {
+    /// At most this many (capped at [`MAX_ROOMS_LIMIT`]); none: every room.
+    pub limit: Option<usize>,
+    /// Only rooms whose activity (`last_ts`, or `created_ts` with no messages) is older.
+    pub before_ts: Option<u64>,
+}
+
+/// Most rooms one `rooms` page holds.
+pub const MAX_ROOMS_LIMIT: usize = 500;
+
+impl RoomsPage {
+    /// Refuses a zero limit; caps it at [`MAX_ROOMS_LIMIT`].
+    fn validated(mut self) -> Result<Self, Error> {
+        match self.limit {
+            Some(0) => Err(Error::BadRequest("limit must be at least 1".into())),
+            Some(limit) => {
+                self.limit = Some(limit.min(MAX_ROOMS_LIMIT));
+                Ok(self)
+            }
+            None => Ok(self),
+        }
+    }
 }
 
 /// Where a history read starts; at most one cursor may be given.
@@ -203,7 +229,9 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
         _ => return fail(Error::BadRequest("frame has no string `type`".into())),
     };
     let body = match kind.as_str() {
-        "rooms" => Ok(RequestBody::Rooms),
+        "rooms" => fields::<RoomsPage>(text, &kind)
+            .and_then(RoomsPage::validated)
+            .map(RequestBody::Rooms),
         "ping" => Ok(RequestBody::Ping),
         "sync" => fields::<SyncFields>(text, &kind).and_then(|f| {
             let query = HistoryQuery {
@@ -282,6 +310,9 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
         rooms: &'a [RoomView],
+        /// Only for a request with a `limit`: whether older rooms remain.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        has_more: Option<bool>,
     },
     Messages {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -375,6 +406,7 @@ mod tests {
     fn parses_every_request_type() {
         let cases = [
             r#"{"type":"rooms","id":1}"#,
+            r#"{"type":"rooms","id":1,"limit":20,"before_ts":1764000000000}"#,
             r#"{"type":"ping"}"#,
             r#"{"type":"sync","room_id":"r","since_ts":5,"limit":10}"#,
             r#"{"type":"send","room_id":"r","text":"hi","data":{"a":[1]},"client_msg_id":"c"}"#,
@@ -440,6 +472,13 @@ mod tests {
             code_of(r#"{"type":"sync","room_id":"r","limit":0}"#).1,
             "bad_request"
         );
+        for bad in [
+            r#"{"type":"rooms","limit":0}"#,
+            r#"{"type":"rooms","limit":"5"}"#,
+            r#"{"type":"rooms","before_ts":-1}"#,
+        ] {
+            assert_eq!(code_of(bad).1, "bad_request", "{bad}");
+        }
     }
 
     #[test]

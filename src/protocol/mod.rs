@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use frames::{
-    encode, parse_request, Frame, HistoryQuery, Request, RequestBody, RequestId, ServerFrame,
+    encode, parse_request, Frame, HistoryQuery, Request, RequestBody, RequestId, RoomsPage,
+    ServerFrame, MAX_ROOMS_LIMIT,
 };
 pub use ids::{Id, RoomId, UserId, MAX_ID_BYTES};
 

@@ -237,10 +237,11 @@ async fn handle<'a>(
             return answer_post(engine, id, room_id, accepted);
         }
         RequestBody::Ping => Ok(encode(&ServerFrame::Pong { id: id.as_ref() })),
-        RequestBody::Rooms => engine.rooms_of(user).await.map(|rooms| {
+        RequestBody::Rooms(page) => engine.rooms_of(user, &page).await.map(|list| {
             encode(&ServerFrame::Rooms {
                 id: id.as_ref(),
-                rooms: &rooms,
+                rooms: &list.rooms,
+                has_more: page.limit.map(|_| list.has_more),
             })
         }),
         RequestBody::Sync { room_id, query } => engine
