@@ -25,6 +25,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub history: HistoryConfig,
+    pub rooms: RoomsConfig,
     pub limits: LimitsConfig,
     pub direct: DirectConfig,
     pub cluster: ClusterConfig,
@@ -60,6 +61,15 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// Bearer keys RouteAPI may use.
     pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Days after which a route room in which nothing happened (no message, no change, no
+    /// member joining or leaving) closes by itself, as a `DELETE` would; 0 never. Fractions
+    /// are allowed (0.5 is 12 hours). Direct rooms never close.
+    pub close_after_idle_days: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,11 +307,18 @@ impl Config {
                 return invalid(format!("{name} must be at least 1"));
             }
         }
-        let days = self.history.retention_days;
-        if !(days.is_finite() && days >= 0.0) {
-            return invalid(format!(
-                "history.retention_days must be 0 (keep forever) or a positive number of days, not {days}"
-            ));
+        for (name, days) in [
+            ("history.retention_days", self.history.retention_days),
+            (
+                "rooms.close_after_idle_days",
+                self.rooms.close_after_idle_days,
+            ),
+        ] {
+            if !(days.is_finite() && days >= 0.0) {
+                return invalid(format!(
+                    "{name} must be 0 (never) or a positive number of days, not {days}"
+                ));
+            }
         }
         if limits.idle_timeout_ms <= limits.ping_interval_ms {
             return invalid(

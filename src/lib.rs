@@ -67,7 +67,7 @@ pub async fn run(
     let background = smol::future::zip(
         smol::future::zip(
             service::feed_watchdog(engine.clone()),
-            engine.enforce_retention(),
+            smol::future::zip(engine.enforce_retention(), engine.close_idle_rooms()),
         ),
         engine.authority_duties(),
     );

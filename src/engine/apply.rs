@@ -180,7 +180,7 @@ impl Engine {
             .map(|user| (user.clone(), Member { read_seq: 0 }))
             .collect();
         let limit = self.inner.config.history.cache_per_room;
-        let state = RoomState::new(
+        let mut state = RoomState::new(
             member_map,
             Stamp::default(),
             1,
@@ -188,6 +188,7 @@ impl Engine {
             limit,
             true,
         );
+        state.last_activity = ts;
         let room = Arc::new(Room::new(room_id.clone(), number, kind, owner, ts, state));
         let mut batch = Batch::new();
         batch.room(room_id.as_str(), &record);
@@ -304,7 +305,10 @@ impl Engine {
                     .entry(user_id.clone())
                     .or_default()
                     .insert(room_id.clone());
-                batch.member_added(room_id.as_str(), user_id.as_str(), read_seq, now_ms());
+                let now = now_ms();
+                batch.member_added(room_id.as_str(), user_id.as_str(), read_seq, now);
+                batch.membership_changed(room.number, now);
+                state.last_activity = state.last_activity.max(now);
                 let view = room.view(state, None);
                 Committed {
                     events: vec![
@@ -326,6 +330,9 @@ impl Engine {
                 state.refresh_audience();
                 super::unindex(&mut lock(&self.inner.user_rooms), &user_id, room_id);
                 batch.member_removed(room_id.as_str(), user_id.as_str());
+                let now = now_ms();
+                batch.membership_changed(room.number, now);
+                state.last_activity = state.last_activity.max(now);
                 Committed {
                     events: vec![
                         Event::Left {
@@ -374,6 +381,7 @@ impl Engine {
         target: Option<Arc<Message>>,
     ) -> Committed {
         state.assigned = stamp;
+        state.last_activity = state.last_activity.max(stamp.ts);
         let kind = post.kind();
         let mut message = Message::new(
             room.id.clone(),

@@ -17,6 +17,7 @@ mod commit;
 pub mod connections;
 mod events;
 mod history;
+mod idle;
 mod load;
 mod local;
 pub mod membership;

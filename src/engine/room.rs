@@ -79,6 +79,9 @@ pub struct RoomState {
     /// Bumped each time a change to a target commits; a decision that read a target from
     /// disk compares it to know whether the target changed meanwhile.
     pub target_commits: u64,
+    /// When anything last happened in the room (a message, a change, a member joining or
+    /// leaving), or its creation: what `rooms.close_after_idle_days` counts from.
+    pub last_activity: u64,
 }
 
 /// Where a target's current state is, as far as the room's memory knows.
@@ -161,6 +164,7 @@ impl RoomState {
             dedup_complete: brand_new,
             pending_targets: HashMap::new(),
             target_commits: 0,
+            last_activity: last.ts,
         };
         state.refresh_audience();
         state

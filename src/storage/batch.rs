@@ -67,6 +67,16 @@ impl Batch {
         self.read_marker(user, room_id, read_seq);
     }
 
+    /// When `room_number`'s membership last changed (activity, for rooms that close
+    /// themselves).
+    pub fn membership_changed(&mut self, room_number: u64, ts: u64) {
+        self.writes.push(KeyWrite::put(
+            Cf::Meta,
+            &keys::membership_changed(room_number),
+            &ts,
+        ));
+    }
+
     /// Removes `user` from `room_id`: membership, the reverse index and the read marker.
     pub fn member_removed(&mut self, room_id: &str, user: &str) {
         self.writes

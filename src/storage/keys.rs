@@ -24,7 +24,9 @@ pub enum Cf {
     Reads,
     /// `META_*` keys: schema version (u32), room-number counter (u64); and
     /// `purged` 0xFF room number (u64 BE) -> `StampRecord`, the newest message retention
-    /// deleted, so a room whose every message expired still knows its last seq and ts.
+    /// deleted, so a room whose every message expired still knows its last seq and ts;
+    /// `membership` 0xFF room number (u64 BE) -> u64, when a member last joined or left
+    /// (`rooms.close_after_idle_days` counts it as activity).
     /// Cluster mode adds `cluster_position` 0xFF shard (u16 BE) -> (u64, u64), the id of
     /// the last entry of that shard's log applied here; and `cluster_epoch` -> the string
     /// naming the Redis data set those positions belong to.
@@ -77,6 +79,14 @@ pub fn cluster_position(shard: u16) -> Vec<u8> {
 /// `meta` key of a room's [`crate::storage::StampRecord`] of purged history.
 pub fn purged(room_number: u64) -> Vec<u8> {
     let mut key = b"purged".to_vec();
+    key.push(SEP);
+    key.extend_from_slice(&room_number.to_be_bytes());
+    key
+}
+
+/// `meta` key of when a room's membership last changed.
+pub fn membership_changed(room_number: u64) -> Vec<u8> {
+    let mut key = b"membership".to_vec();
     key.push(SEP);
     key.extend_from_slice(&room_number.to_be_bytes());
     key
@@ -214,8 +224,12 @@ mod tests {
     fn purged_keys_are_one_per_room_and_apart_from_other_meta_keys() {
         assert_ne!(purged(1), purged(256));
         assert!(purged(1) < purged(256), "numbers are big-endian");
+        assert_ne!(purged(1), membership_changed(1));
+        assert!(!membership_changed(1).starts_with(b"purged"));
         for other in [META_SCHEMA_VERSION, META_NEXT_ROOM_NUMBER] {
             assert!(!purged(0).starts_with(other) && !other.starts_with(&purged(0)));
+            let membership = membership_changed(0);
+            assert!(!membership.starts_with(other) && !other.starts_with(&membership));
         }
     }
 

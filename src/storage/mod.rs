@@ -343,6 +343,11 @@ impl Storage {
             .pop())
     }
 
+    /// When a room's membership last changed, if it has since it was created.
+    pub fn membership_changed(&self, room_number: u64) -> Result<Option<u64>, StorageError> {
+        self.get(Cf::Meta, &keys::membership_changed(room_number))
+    }
+
     /// The seq and ts of a room's newest message, stored or deleted by retention.
     pub fn last_stamp(&self, room_number: u64) -> Result<Option<StampRecord>, StorageError> {
         let stored = self
