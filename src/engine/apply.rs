@@ -188,7 +188,7 @@ impl Engine {
             limit,
             true,
         );
-        state.last_activity = ts;
+        state.membership_changed_ts = ts;
         let room = Arc::new(Room::new(room_id.clone(), number, kind, owner, ts, state));
         let mut batch = Batch::new();
         batch.room(room_id.as_str(), &record);
@@ -305,10 +305,8 @@ impl Engine {
                     .entry(user_id.clone())
                     .or_default()
                     .insert(room_id.clone());
-                let now = now_ms();
+                let now = membership_moved(room, state, &mut batch);
                 batch.member_added(room_id.as_str(), user_id.as_str(), read_seq, now);
-                batch.membership_changed(room.number, now);
-                state.last_activity = state.last_activity.max(now);
                 let view = room.view(state, None);
                 Committed {
                     events: vec![
@@ -330,9 +328,7 @@ impl Engine {
                 state.refresh_audience();
                 super::unindex(&mut lock(&self.inner.user_rooms), &user_id, room_id);
                 batch.member_removed(room_id.as_str(), user_id.as_str());
-                let now = now_ms();
-                batch.membership_changed(room.number, now);
-                state.last_activity = state.last_activity.max(now);
+                membership_moved(room, state, &mut batch);
                 Committed {
                     events: vec![
                         Event::Left {
@@ -381,7 +377,6 @@ impl Engine {
         target: Option<Arc<Message>>,
     ) -> Committed {
         state.assigned = stamp;
-        state.last_activity = state.last_activity.max(stamp.ts);
         let kind = post.kind();
         let mut message = Message::new(
             room.id.clone(),
@@ -426,6 +421,15 @@ impl Engine {
             target,
         }
     }
+}
+
+/// Records that `room`'s membership changed now (activity, for rooms that close themselves),
+/// in memory and in `batch`; returns now.
+fn membership_moved(room: &Room, state: &mut RoomState, batch: &mut Batch) -> u64 {
+    let now = now_ms();
+    state.membership_changed_ts = state.membership_changed_ts.max(now);
+    batch.membership_changed(room.number, now);
+    now
 }
 
 /// A change whose target must be read from disk (message `seq`, read while the room had

@@ -3,14 +3,16 @@
 //! (local.rs or the cluster) with the rules of rules.rs, and stored as a message of its own
 //! kind in the room's seq.
 
+use std::sync::Arc;
+
 use super::change::{Amendment, Post};
 use super::local::check_can_post;
 use super::messages::Accepted;
-use super::room::Target;
+use super::room::{Room, RoomState, Target};
 use super::rules::{self, Verdict};
 use super::Engine;
 use crate::error::Error;
-use crate::protocol::{NewChange, RoomId, UserId};
+use crate::protocol::{Message, NewChange, RoomId, UserId};
 
 impl Engine {
     /// Decides a change to message `change.seq()` of `room_id` by `sender` (`None`:
@@ -23,41 +25,74 @@ impl Engine {
         change: NewChange,
     ) -> Result<Accepted, Error> {
         change.validate(self.inner.config.limits.max_message_bytes)?;
-        let post = match change {
+        let (amendment, text, data, client_msg_id) = match change {
             NewChange::Edit { seq, message } => {
                 let (text, data, client_msg_id) = message.into_parts();
-                Post {
-                    sender: sender.cloned(),
-                    change: Some(Amendment::Edit { target_seq: seq }),
+                (
+                    Amendment::Edit { target_seq: seq },
                     text,
                     data,
                     client_msg_id,
-                }
+                )
             }
-            NewChange::Delete { seq, client_msg_id } => Post {
-                sender: sender.cloned(),
-                change: Some(Amendment::Delete { target_seq: seq }),
-                text: String::new(),
-                data: None,
+            NewChange::Delete { seq, client_msg_id } => (
+                Amendment::Delete { target_seq: seq },
+                String::new(),
+                None,
                 client_msg_id,
-            },
+            ),
             NewChange::React {
                 seq,
                 reaction,
                 removed,
                 client_msg_id,
-            } => Post {
-                sender: sender.cloned(),
-                change: Some(Amendment::Reaction {
+            } => (
+                Amendment::Reaction {
                     target_seq: seq,
                     removed,
-                }),
-                text: reaction,
-                data: None,
+                },
+                reaction,
+                None,
                 client_msg_id,
-            },
+            ),
+        };
+        let post = Post {
+            sender: sender.cloned(),
+            change: Some(amendment),
+            text,
+            data,
+            client_msg_id,
         };
         self.accept_post(room_id, post).await
+    }
+}
+
+/// What a change would do to its target, as a room's state has it now.
+pub(super) enum Judging {
+    /// The target in its current state, and the rules' verdict on the change.
+    Judged(Arc<Message>, Verdict),
+    /// The target is on disk only: read it (noting the room's `target_commits` given here)
+    /// and judge again with what was read.
+    OnDisk(u64),
+}
+
+/// Judges `post`, a change of `amendment`'s target, against `state` (call under the room's
+/// lock, once the sender may post). `read` is what an earlier pass read from disk.
+pub(super) fn judge_in_room(
+    room: &Room,
+    state: &RoomState,
+    post: &Post,
+    amendment: Amendment,
+    read: Option<&(u64, Option<Arc<Message>>)>,
+) -> Result<Judging, Error> {
+    let seq = amendment.target_seq();
+    match state.target(seq, read) {
+        Target::Found(target) => {
+            let verdict = rules::judge(amendment, post, &target)?;
+            Ok(Judging::Judged(target, verdict))
+        }
+        Target::Missing => Err(Error::message_not_found(room.id.as_str(), seq)),
+        Target::OnDisk => Ok(Judging::OnDisk(state.target_commits)),
     }
 }
 
@@ -87,7 +122,7 @@ impl Engine {
         let room = self.open_room(room_id)?;
         let mut read = None;
         loop {
-            let found = {
+            let judging = {
                 let state = room.state();
                 check_can_post(&room, &state, post.sender.as_ref())?;
                 if target_seq > state.committed.seq {
@@ -97,26 +132,20 @@ impl Engine {
                         verdict: Verdict::Changes,
                     }));
                 }
-                (
-                    state.target(target_seq, read.as_ref()),
-                    state.target_commits,
-                )
+                judge_in_room(&room, &state, post, amendment, read.as_ref())?
             };
-            let target = match found {
-                (Target::Found(target), _) => target,
-                (Target::Missing, _) => {
-                    return Err(Error::message_not_found(room_id.as_str(), target_seq))
+            match judging {
+                Judging::Judged(target, verdict) => {
+                    return Ok(Some(Judged {
+                        target_seq,
+                        version: Some(target.changes),
+                        verdict,
+                    }))
                 }
-                (Target::OnDisk, commits) => {
+                Judging::OnDisk(commits) => {
                     read = Some((commits, self.stored_message(&room, target_seq).await?));
-                    continue;
                 }
-            };
-            return Ok(Some(Judged {
-                target_seq,
-                version: Some(target.changes),
-                verdict: rules::judge(amendment, post, &target)?,
-            }));
+            }
         }
     }
 }

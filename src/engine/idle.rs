@@ -7,7 +7,6 @@ use std::time::Duration;
 use super::Engine;
 use crate::protocol::{now_ms, RoomId, RoomKind};
 
-const DAY_MS: f64 = 24.0 * 60.0 * 60.0 * 1000.0;
 /// Longest wait between two checks: a room closes within this of its deadline.
 const MAX_CHECK_EVERY: Duration = Duration::from_secs(30);
 
@@ -19,13 +18,11 @@ impl Engine {
         if days <= 0.0 {
             return std::future::pending().await;
         }
-        let idle_ms = (days * DAY_MS) as u64;
-        let every =
-            (Duration::from_millis(idle_ms) / 4).clamp(Duration::from_millis(50), MAX_CHECK_EVERY);
+        let (idle, every) = super::sweep_schedule(days, 4, MAX_CHECK_EVERY);
         log::info!("closing route rooms idle for {days} days, checking every {every:?}");
         loop {
             smol::Timer::after(every).await;
-            let cutoff = now_ms().saturating_sub(idle_ms);
+            let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
             for room_id in self.rooms_idle_since(cutoff) {
                 match self.close_room(room_id.clone()).await {
                     Ok(()) => log::info!("closed room {room_id}: idle for {days} days"),
@@ -40,7 +37,7 @@ impl Engine {
         let rooms = self.inner.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms
             .values()
-            .filter(|room| room.kind == RoomKind::Route && room.state().last_activity <= cutoff)
+            .filter(|room| room.kind == RoomKind::Route && room.state().last_activity() <= cutoff)
             .map(|room| room.id.clone())
             .collect()
     }

@@ -44,7 +44,7 @@ pub fn open_rooms(storage: &Storage, cache_limit: usize) -> Result<Loaded, Stora
         }
         let mut state = RoomState::new(members, committed, first_seq, recent, cache_limit, false);
         let membership_changed = storage.membership_changed(record.number)?.unwrap_or(0);
-        state.last_activity = committed.ts.max(record.created_ts).max(membership_changed);
+        state.membership_changed_ts = record.created_ts.max(membership_changed);
         let owner = record
             .owner
             .as_deref()

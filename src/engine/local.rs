@@ -12,9 +12,10 @@ use futures_util::future::BoxFuture;
 
 use super::authority::Authority;
 use super::change::{Change, Decided, Made, Post, Proposal};
+use super::changes::{judge_in_room, Judging};
 use super::commit::Durable;
-use super::room::{DedupKey, Room, RoomState, Target};
-use super::rules::{self, Verdict};
+use super::room::{DedupKey, Room, RoomState};
+use super::rules::Verdict;
 use super::Engine;
 use crate::error::Error;
 use crate::protocol::{now_ms, Message, RoomId, RoomKind, UserId};
@@ -256,20 +257,14 @@ impl Engine {
         let target = match post.change {
             None => None,
             Some(amendment) => {
-                let seq = amendment.target_seq();
-                let target = match state.target(seq, looked.target.as_ref()) {
-                    Target::Found(target) => target,
-                    Target::Missing => return Err(Error::message_not_found(room.id.as_str(), seq)),
-                    Target::OnDisk => {
-                        let commits = state.target_commits;
-                        return Ok(Err(Needs::Target(post, commits)));
+                match judge_in_room(room, &state, &post, amendment, looked.target.as_ref())? {
+                    Judging::OnDisk(commits) => return Ok(Err(Needs::Target(post, commits))),
+                    Judging::Judged(_, Verdict::Nothing) => {
+                        let barrier = self.barrier(slot, room);
+                        return Ok(Ok(decided(Made::Nothing, Durable::Commit(barrier))));
                     }
-                };
-                if rules::judge(amendment, &post, &target)? == Verdict::Nothing {
-                    let barrier = self.barrier(slot, room);
-                    return Ok(Ok(decided(Made::Nothing, Durable::Commit(barrier))));
+                    Judging::Judged(target, Verdict::Changes) => Some(target),
                 }
-                Some(target)
             }
         };
         let stamp = state.assigned.next(now_ms());

@@ -267,6 +267,14 @@ impl Engine {
     }
 }
 
+/// The schedule of a periodic sweep over a period of `days` (retention, idle rooms): the
+/// period, and how often to check: `1/parts` of it, between 50 ms and `at_most`.
+fn sweep_schedule(days: f64, parts: u32, at_most: Duration) -> (Duration, Duration) {
+    let period = Duration::from_secs_f64(days * 24.0 * 60.0 * 60.0);
+    let every = (period / parts).clamp(Duration::from_millis(50), at_most);
+    (period, every)
+}
+
 fn unindex(index: &mut HashMap<UserId, HashSet<RoomId>>, user: &UserId, room_id: &RoomId) {
     if let Some(rooms) = index.get_mut(user) {
         rooms.remove(room_id);

@@ -10,8 +10,6 @@ use super::Engine;
 use crate::protocol::{now_ms, RoomId};
 use crate::storage::{Batch, Expired};
 
-const DAY_MS: f64 = 24.0 * 60.0 * 60.0 * 1000.0;
-
 impl Engine {
     /// Runs the sweep every twenty-fourth of the retention period (at least every hour), or
     /// never if retention is 0. Never returns.
@@ -20,8 +18,7 @@ impl Engine {
         if days <= 0.0 {
             return std::future::pending().await;
         }
-        let period = Duration::from_secs_f64(days * DAY_MS / 1000.0);
-        let every = (period / 24).clamp(Duration::from_millis(50), Duration::from_secs(3600));
+        let (period, every) = super::sweep_schedule(days, 24, Duration::from_secs(3600));
         log::info!("deleting messages older than {days} days, checking every {every:?}");
         loop {
             smol::Timer::after(every).await;

@@ -79,9 +79,8 @@ pub struct RoomState {
     /// Bumped each time a change to a target commits; a decision that read a target from
     /// disk compares it to know whether the target changed meanwhile.
     pub target_commits: u64,
-    /// When anything last happened in the room (a message, a change, a member joining or
-    /// leaving), or its creation: what `rooms.close_after_idle_days` counts from.
-    pub last_activity: u64,
+    /// When a member last joined or left, or the room was created.
+    pub membership_changed_ts: u64,
 }
 
 /// Where a target's current state is, as far as the room's memory knows.
@@ -164,10 +163,16 @@ impl RoomState {
             dedup_complete: brand_new,
             pending_targets: HashMap::new(),
             target_commits: 0,
-            last_activity: last.ts,
+            membership_changed_ts: 0,
         };
         state.refresh_audience();
         state
+    }
+
+    /// When anything last happened in the room (a message, a change, a member joining or
+    /// leaving), or its creation: what `rooms.close_after_idle_days` counts from.
+    pub fn last_activity(&self) -> u64 {
+        self.committed.ts.max(self.membership_changed_ts)
     }
 
     /// Call after every membership change.

@@ -338,14 +338,16 @@ pub(super) async fn patch_message(mut req: Req) -> Result<Response, Error> {
         .await?
         .durable()
         .await?;
-    let shown = match sent {
-        Some(sent) => sent.stamp.seq,
+    let message = match sent {
+        Some(sent) => engine.message_at(&room_id, sent.stamp.seq).await?,
         None => {
             let target = engine.message_at(&room_id, seq).await?;
-            target.edit_seq.unwrap_or(seq)
+            match target.edit_seq {
+                Some(edit) => engine.message_at(&room_id, edit).await?,
+                None => target,
+            }
         }
     };
-    let message = engine.message_at(&room_id, shown).await?;
     Ok(json(StatusCode::Ok, &MessageReply { message: &message }))
 }
 

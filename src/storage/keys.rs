@@ -78,15 +78,17 @@ pub fn cluster_position(shard: u16) -> Vec<u8> {
 
 /// `meta` key of a room's [`crate::storage::StampRecord`] of purged history.
 pub fn purged(room_number: u64) -> Vec<u8> {
-    let mut key = b"purged".to_vec();
-    key.push(SEP);
-    key.extend_from_slice(&room_number.to_be_bytes());
-    key
+    per_room(b"purged", room_number)
 }
 
 /// `meta` key of when a room's membership last changed.
 pub fn membership_changed(room_number: u64) -> Vec<u8> {
-    let mut key = b"membership".to_vec();
+    per_room(b"membership", room_number)
+}
+
+/// A per-room `meta` key: `name` 0xFF room number (u64 BE).
+fn per_room(name: &[u8], room_number: u64) -> Vec<u8> {
+    let mut key = name.to_vec();
     key.push(SEP);
     key.extend_from_slice(&room_number.to_be_bytes());
     key
