@@ -63,13 +63,29 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
     /// Days after which a route room in which nothing happened (no message, no change, no
     /// member joining or leaving) closes by itself, as a `DELETE` would; 0 never. Fractions
     /// are allowed (0.5 is 12 hours). Direct rooms never close.
     pub close_after_idle_days: f64,
+    /// Rooms kept in memory at most; beyond it the least recently used idle ones are
+    /// unloaded (they stay on disk and load again on their next use).
+    pub max_in_memory: usize,
+    /// Seconds after its last use that an idle room is unloaded even under the budget; 0
+    /// unloads only over `max_in_memory`.
+    pub unload_idle_s: u64,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            close_after_idle_days: 0.0,
+            max_in_memory: 10_000,
+            unload_idle_s: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +311,7 @@ impl Config {
                 limits.max_connections_per_user,
             ),
             ("history.default_last", self.history.default_last),
+            ("rooms.max_in_memory", self.rooms.max_in_memory),
             ("storage.write_queue", self.storage.write_queue),
             ("storage.max_batch", self.storage.max_batch),
             (

@@ -67,7 +67,10 @@ pub async fn run(
     let background = smol::future::zip(
         smol::future::zip(
             service::feed_watchdog(engine.clone()),
-            smol::future::zip(engine.enforce_retention(), engine.close_idle_rooms()),
+            smol::future::zip(
+                smol::future::zip(engine.enforce_retention(), engine.close_idle_rooms()),
+                engine.unload_idle_rooms(),
+            ),
         ),
         engine.authority_duties(),
     );

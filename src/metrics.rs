@@ -57,6 +57,14 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     /// REST and operations requests, by route and status.
     pub http_requests: Family<HttpLabels, Counter>,
+    /// Rooms held in memory (`rooms.max_in_memory` bounds it).
+    pub rooms_in_memory: Gauge,
+    /// Rooms loaded from disk on their first use.
+    pub room_loads: Counter,
+    /// Rooms unloaded from memory, idle or over the budget.
+    pub room_unloads: Counter,
+    /// Time loading one room from disk took.
+    pub room_load_seconds: Histogram,
 }
 
 impl Metrics {
@@ -75,6 +83,11 @@ impl Metrics {
             commit_failures: Counter::default(),
             retention_deleted: Counter::default(),
             http_requests: Family::default(),
+            rooms_in_memory: Gauge::default(),
+            room_loads: Counter::default(),
+            room_unloads: Counter::default(),
+            // 10 µs to about 0.3 s.
+            room_load_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
             registry: Registry::with_prefix("chat_engine"),
         };
         let m = &mut metrics;
@@ -139,6 +152,27 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route and status",
             m.http_requests.clone(),
+        );
+        r.register(
+            "rooms_in_memory",
+            "Rooms held in memory",
+            m.rooms_in_memory.clone(),
+        );
+        r.register(
+            "room_loads",
+            "Rooms loaded from disk on first use",
+            m.room_loads.clone(),
+        );
+        r.register(
+            "room_unloads",
+            "Rooms unloaded from memory (idle, or over rooms.max_in_memory)",
+            m.room_unloads.clone(),
+        );
+        r.register_with_unit(
+            "room_load",
+            "Time loading a room from disk took",
+            Unit::Seconds,
+            m.room_load_seconds.clone(),
         );
         Arc::new(metrics)
     }

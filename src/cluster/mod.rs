@@ -286,7 +286,7 @@ impl Cluster {
                 ),
             };
             // Redis never goes below this node's last stamp in the room.
-            let floor = engine.last_stamp(room_id).unwrap_or_default();
+            let floor = engine.last_stamp(room_id).await?.unwrap_or_default();
             let mut conn = self.conn()?;
             let answer: Vec<String> = keys
                 .invoke(&self.scripts.send, room_id)

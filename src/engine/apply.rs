@@ -13,13 +13,13 @@ use std::sync::Arc;
 use super::change::{Change, Made, Post};
 use super::commit::{Committed, Completion};
 use super::events::Event;
-use super::records::{record_of, stored_room_kind};
+use super::records::{read_record, record_of, stored_room_kind};
 use super::room::{Member, Room, RoomState, Stamp, Target};
 use super::{rules, Engine};
 use crate::error::Error;
 use crate::protocol::{now_ms, Message, RoomId, RoomKind, RoomView, UserId};
 use crate::storage::writer::Slot;
-use crate::storage::{Batch, RoomRecord, StampRecord};
+use crate::storage::{Batch, ReadRecord, RoomRecord, StampRecord};
 use crate::sync::lock;
 
 /// What applying one change from a cluster log did.
@@ -51,7 +51,7 @@ impl Engine {
                 .await)
             }
             _ => {
-                let Some(room) = self.room(&room_id) else {
+                let Some(room) = self.room(&room_id).await? else {
                     return Ok(self.apply_to_absent_room(&room_id, &change).await);
                 };
                 let mut read = None;
@@ -138,13 +138,18 @@ impl Engine {
                 members,
                 ts,
             } => {
-                let closed_here = matches!(self.inner.storage.room(room_id.as_str()), Ok(Some(_)));
-                (self.room(&room_id).is_none() && !closed_here)
+                // Open or closed, a room with a record was created here already.
+                let stored = matches!(self.inner.storage.room(room_id.as_str()), Ok(Some(_)));
+                (self.resident_room(&room_id).is_none() && !stored)
                     .then(|| self.create_room(slot, room_id, kind, owner, &members, ts).1)
             }
-            Change::Closed { room_id, ts } => self
-                .room(&room_id)
-                .map(|room| self.close_room_locked(slot, &room, ts)),
+            Change::Closed { room_id, ts } => match self.room_blocking(&room_id) {
+                Ok(room) => room.map(|room| self.close_room_locked(slot, &room, ts)),
+                Err(e) => {
+                    log::error!("cannot load room {room_id} to close it: {e}");
+                    None
+                }
+            },
             _ => None,
         };
         Applied {
@@ -177,13 +182,14 @@ impl Engine {
         };
         let member_map: BTreeMap<UserId, Member> = members
             .iter()
-            .map(|user| (user.clone(), Member { read_seq: 0 }))
+            .map(|user| (user.clone(), Member::default()))
             .collect();
         let limit = self.inner.config.history.cache_per_room;
         let mut state = RoomState::new(
             member_map,
             Stamp::default(),
             1,
+            0,
             VecDeque::new(),
             limit,
             true,
@@ -194,7 +200,10 @@ impl Engine {
         batch.room(room_id.as_str(), &record);
         batch.next_room_number(number + 1);
         for user in members {
-            batch.member_added(room_id.as_str(), user.as_str(), 0, ts);
+            batch.member_added(room_id.as_str(), user.as_str(), ReadRecord::default(), ts);
+        }
+        if kind == RoomKind::Route {
+            batch.activity(ts, room_id.as_str());
         }
         let state = room.state();
         let view = room.view(&state, None);
@@ -202,27 +211,20 @@ impl Engine {
             users: state.audience.clone(),
             room: view.clone(),
         };
-        self.rooms_mut().insert(room_id.clone(), room.clone());
-        {
-            let mut index = lock(&self.inner.user_rooms);
-            for user in members {
-                index
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(room_id.clone());
-            }
-        }
+        self.inner.resident.insert(room.clone());
         let committed = Committed {
             events: vec![joined],
             ..Committed::default()
         };
         let completion = self.submit(slot, &room, batch, committed);
         drop(state);
+        self.keep_within_budget();
         (view, completion)
     }
 
     /// Closes `room`: its members leave (each gets `left`) and its record becomes a
-    /// tombstone. Call holding the lifecycle lock.
+    /// tombstone. It stays in memory, closed, until that is durable. Call holding the
+    /// lifecycle lock.
     pub(super) fn close_room_locked(
         &self,
         slot: Slot,
@@ -245,19 +247,13 @@ impl Engine {
         }
         state.closed = true;
         state.refresh_audience();
-        self.rooms_mut().remove(&room.id);
-        {
-            let mut index = lock(&self.inner.user_rooms);
-            for user in &members {
-                super::unindex(&mut index, user, &room.id);
-            }
-        }
         let left = Event::Left {
             users: members.into(),
             room_id: room.id.clone(),
         };
         let committed = Committed {
             events: vec![left],
+            closed: true,
             ..Committed::default()
         };
         self.submit(slot, room, batch, committed)
@@ -298,15 +294,15 @@ impl Engine {
                     return None;
                 }
                 // The new member has read everything sent before they joined.
-                let read_seq = state.assigned.seq;
-                state.members.insert(user_id.clone(), Member { read_seq });
+                let member = Member {
+                    read_seq: state.assigned.seq,
+                    own: 0,
+                    base: state.content,
+                };
+                state.members.insert(user_id.clone(), member);
                 state.refresh_audience();
-                lock(&self.inner.user_rooms)
-                    .entry(user_id.clone())
-                    .or_default()
-                    .insert(room_id.clone());
                 let now = membership_moved(room, state, &mut batch);
-                batch.member_added(room_id.as_str(), user_id.as_str(), read_seq, now);
+                batch.member_added(room_id.as_str(), user_id.as_str(), read_record(member), now);
                 let view = room.view(state, None);
                 Committed {
                     events: vec![
@@ -326,7 +322,6 @@ impl Engine {
             Change::Left { user_id, .. } => {
                 state.members.remove(&user_id)?;
                 state.refresh_audience();
-                super::unindex(&mut lock(&self.inner.user_rooms), &user_id, room_id);
                 batch.member_removed(room_id.as_str(), user_id.as_str());
                 membership_moved(room, state, &mut batch);
                 Committed {
@@ -345,14 +340,26 @@ impl Engine {
                 }
             }
             Change::Read { user_id, seq, .. } => {
-                let member = state.members.get_mut(&user_id)?;
-                member.read_seq = member.read_seq.max(seq);
-                batch.read_marker(user_id.as_str(), room_id.as_str(), member.read_seq);
+                let member = *state.members.get(&user_id)?;
+                let read_seq = member.read_seq.max(seq.min(state.assigned.seq));
+                let base = if read_seq == member.read_seq {
+                    member.base
+                } else {
+                    let after = self.others_after(room, state, &user_id, read_seq);
+                    (state.content - member.own).saturating_sub(after)
+                };
+                let moved = Member {
+                    read_seq,
+                    base,
+                    ..member
+                };
+                state.members.insert(user_id.clone(), moved);
+                batch.read_record(user_id.as_str(), room_id.as_str(), read_record(moved));
                 Committed {
                     events: vec![Event::Read {
                         room_id: room_id.clone(),
                         user_id,
-                        seq: member.read_seq,
+                        seq: read_seq,
                     }],
                     ..Committed::default()
                 }
@@ -376,7 +383,6 @@ impl Engine {
         post: Post,
         target: Option<Arc<Message>>,
     ) -> Committed {
-        state.assigned = stamp;
         let kind = post.kind();
         let mut message = Message::new(
             room.id.clone(),
@@ -412,6 +418,16 @@ impl Engine {
             next
         });
         let message = Arc::new(message);
+        state.assign(message.clone());
+        if kind.is_content() {
+            batch.content_count(room.number, state.content);
+            if let Some(user) = &message.sender {
+                if let Some(member) = state.members.get_mut(user) {
+                    member.own += 1;
+                    batch.read_record(user.as_str(), room.id.as_str(), read_record(*member));
+                }
+            }
+        }
         Committed {
             events: vec![Event::Message {
                 audience: state.audience.clone(),
@@ -419,7 +435,34 @@ impl Engine {
             }],
             message: Some(message),
             target,
+            ..Committed::default()
         }
+    }
+}
+
+impl Engine {
+    /// Content messages by others than `user` after seq `after`, up to the last assigned:
+    /// from memory, or from disk for what the cache no longer holds. That disk read happens
+    /// under the room's lock, but only for a marker that moves to a seq older than the whole
+    /// cache, which a client reading what it was shown never does.
+    fn others_after(&self, room: &Room, state: &RoomState, user: &UserId, after: u64) -> u64 {
+        if let Some(count) = state.others_after(user, after) {
+            return count;
+        }
+        let upto = state
+            .recent
+            .front()
+            .map_or(state.committed.seq, |m| m.seq - 1);
+        let stored = self
+            .inner
+            .storage
+            .count_unread(room.number, after, upto, user.as_str())
+            .unwrap_or_else(|e| {
+                log::error!("cannot count unread messages in room {}: {e}", room.id);
+                0
+            });
+        let newer = state.others_after(user, upto).unwrap_or(0);
+        stored + newer
     }
 }
 

@@ -119,7 +119,7 @@ impl Engine {
             return Ok(None);
         };
         let target_seq = amendment.target_seq();
-        let room = self.open_room(room_id)?;
+        let room = self.open_room(room_id).await?;
         let mut read = None;
         loop {
             let judging = {

@@ -12,7 +12,7 @@ use super::events::Event;
 use super::room::Room;
 use super::Engine;
 use crate::error::{Error, StorageError};
-use crate::protocol::{Message, UserId};
+use crate::protocol::Message;
 use crate::storage::writer::Slot;
 use crate::storage::{Batch, WriteOp};
 use crate::sync::lock;
@@ -57,6 +57,8 @@ pub struct Committed {
     pub message: Option<Arc<Message>>,
     /// With a change message: its target's new state.
     pub target: Option<Arc<Message>>,
+    /// The room closed: it leaves memory now that the disk says so.
+    pub closed: bool,
     pub events: Vec<Event>,
 }
 
@@ -86,10 +88,14 @@ impl Engine {
                         let Committed {
                             message,
                             target,
+                            closed,
                             events,
                         } = committed;
                         if let Some(message) = message {
                             committed_room.state().commit(message, target);
+                        }
+                        if closed {
+                            engine.inner.resident.remove(&committed_room);
                         }
                         engine.publish(&events);
                     }
@@ -152,16 +158,18 @@ impl Engine {
     }
 
     /// After a failed write: forget what was assigned but not committed, and reload the
-    /// room's membership and open/closed state from disk, which the failed write did not
-    /// change. Runs on the writer thread.
+    /// room from disk, which the failed write did not change: membership, read counts, and
+    /// whether it is open. Runs on the writer thread.
     fn roll_back(&self, room: &Arc<Room>) {
         let _lifecycle = lock(&self.inner.lifecycle);
         let storage = &self.inner.storage;
+        let cache = self.inner.config.history.cache_per_room;
         let on_disk = storage
             .room(room.id.as_str())
             .and_then(|record| match record {
                 Some(record) if record.closed_ts.is_none() => {
-                    super::load::members(storage, &room.id).map(Some)
+                    super::load::state(storage, &room.id, room.number, room.created_ts, cache)
+                        .map(Some)
                 }
                 _ => Ok(None),
             });
@@ -170,43 +178,20 @@ impl Engine {
         // and sees the rolled-back state.
         room.generation.fetch_add(1, Ordering::AcqRel);
         state.roll_back_uncommitted();
-        let disk_members = match on_disk {
-            Ok(members) => members,
-            Err(e) => {
-                log::error!("cannot reload room {} after a failed write: {e}", room.id);
-                return;
+        match on_disk {
+            Ok(Some(mut stored)) => {
+                // Disk reads made before the failure must be made again.
+                stored.dedup_evictions = state.dedup_evictions + 1;
+                stored.target_commits = state.target_commits + 1;
+                *state = stored;
             }
-        };
-        let before: Vec<UserId> = state.members.keys().cloned().collect();
-        match disk_members {
-            Some(mut members) => {
-                for (user, member) in members.iter_mut() {
-                    if let Some(known) = state.members.get(user) {
-                        member.read_seq = known.read_seq;
-                    }
-                }
-                state.members = members;
-                state.closed = false;
-                self.rooms_mut().insert(room.id.clone(), room.clone());
-            }
-            None => {
+            Ok(None) => {
                 state.members.clear();
                 state.closed = true;
-                self.rooms_mut().remove(&room.id);
+                state.refresh_audience();
+                self.inner.resident.remove(room);
             }
-        }
-        state.refresh_audience();
-        let mut index = lock(&self.inner.user_rooms);
-        for user in &before {
-            if !state.is_member(user) {
-                super::unindex(&mut index, user, &room.id);
-            }
-        }
-        for user in state.members.keys() {
-            index
-                .entry(user.clone())
-                .or_default()
-                .insert(room.id.clone());
+            Err(e) => log::error!("cannot reload room {} after a failed write: {e}", room.id),
         }
     }
 }

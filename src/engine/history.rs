@@ -87,7 +87,7 @@ impl Engine {
         query: &HistoryQuery,
         reader: Option<&UserId>,
     ) -> Result<Page, Error> {
-        let room = self.room(room_id);
+        let room = self.room(room_id).await?;
         let (span, cached_seq_after_ts) = match &room {
             Some(room) => {
                 let state = room.state();

@@ -110,7 +110,7 @@ impl Engine {
         room_id: &RoomId,
         decide: impl FnOnce((&Room, &RoomState)) -> Result<Change, Error>,
     ) -> Result<Decided, Error> {
-        let room = self.open_room(room_id)?;
+        let room = self.open_room(room_id).await?;
         let slot = self.inner.writer.reserve().await;
         let mut state = room.state();
         room.ensure_open(&state)?;
@@ -158,14 +158,17 @@ impl Engine {
         let engine = self.clone();
         smol::unblock(move || {
             let _lifecycle = lock(&engine.inner.lifecycle);
-            if let Some(room) = engine.room(&room_id) {
+            if let Some(room) = engine.room_blocking(&room_id)? {
+                if room.state().closed {
+                    return Err(Error::closed_id_reused(room_id.as_str()));
+                }
                 if room.kind != kind || room.owner != owner {
                     return Err(Error::owner_conflict(room_id.as_str()));
                 }
                 let barrier = engine.barrier(slot, &room);
                 return Ok(decided(Made::Before, Durable::Commit(barrier)));
             }
-            // Every open room is in memory; one on disk but not in memory was closed.
+            // Not open, but on disk: it was closed.
             if engine.inner.storage.room(room_id.as_str())?.is_some() {
                 return Err(Error::closed_id_reused(room_id.as_str()));
             }
@@ -181,11 +184,15 @@ impl Engine {
         let engine = self.clone();
         smol::unblock(move || {
             let _lifecycle = lock(&engine.inner.lifecycle);
-            let Some(room) = engine.room(&room_id) else {
-                // Already closed, or closing in a write still in flight: wait for it.
+            let Some(room) = engine.room_blocking(&room_id)? else {
                 let barrier = engine.submit_unbound(slot, Default::default(), || {});
                 return Ok(decided(Made::Before, Durable::Commit(barrier)));
             };
+            if room.state().closed {
+                // Closing in a write still in flight: answer once it is durable.
+                let barrier = engine.barrier(slot, &room);
+                return Ok(decided(Made::Before, Durable::Commit(barrier)));
+            }
             forbid_direct_change(&room)?;
             let completion = engine.close_room_locked(slot, &room, now_ms());
             Ok(decided(Made::Now, Durable::Commit(completion)))
@@ -198,7 +205,7 @@ impl Engine {
     /// Whatever the decision needs from disk is read with the lock released, and the
     /// decision is taken again with it.
     async fn post_locally(&self, room_id: RoomId, post: Post) -> Result<Decided, Error> {
-        let room = self.open_room(&room_id)?;
+        let room = self.open_room(&room_id).await?;
         let mut looked = Looked::default();
         let mut post = post;
         loop {

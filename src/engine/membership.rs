@@ -9,7 +9,6 @@ use super::Engine;
 use crate::config::DirectPolicy;
 use crate::error::Error;
 use crate::protocol::{RoomId, RoomKind, RoomView, UserId};
-use crate::sync::lock;
 
 /// Whether a call changed anything (REST answers 201) or repeated a done change (200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +62,12 @@ impl Engine {
             members: vec![owner],
         };
         let outcome = self.settle(proposal).await?;
-        Ok((outcome, self.room_view(&room_id)?))
+        Ok((outcome, self.room_view(&room_id).await?))
     }
 
     /// `GET /v1/rooms/{id}`.
-    pub fn room_view(&self, room_id: &RoomId) -> Result<RoomView, Error> {
-        let room = self.open_room(room_id)?;
+    pub async fn room_view(&self, room_id: &RoomId) -> Result<RoomView, Error> {
+        let room = self.open_room(room_id).await?;
         let state = room.state();
         Ok(room.view(&state, None))
     }
@@ -91,7 +90,7 @@ impl Engine {
             user_id: user.clone(),
         };
         let outcome = self.settle(proposal).await?;
-        Ok((outcome, self.room_view(room_id)?))
+        Ok((outcome, self.room_view(room_id).await?))
     }
 
     /// `DELETE /v1/rooms/{id}/members/{user}`: removes `user` (who gets `left`; the others
@@ -113,9 +112,9 @@ impl Engine {
             ));
         }
         let room_id = direct_room_id(user, other);
-        if self.room(&room_id).is_none()
-            && self.inner.config.direct.policy == DirectPolicy::SharedRoom
-            && !self.share_route_room(user, other)
+        if self.inner.config.direct.policy == DirectPolicy::SharedRoom
+            && self.room(&room_id).await?.is_none()
+            && !self.share_route_room(user, other).await?
         {
             return Err(Error::no_shared_room(user.as_str(), other.as_str()));
         }
@@ -126,7 +125,7 @@ impl Engine {
             members: vec![user.clone(), other.clone()],
         };
         self.settle(proposal).await?;
-        self.room_view(&room_id)
+        self.room_view(&room_id).await
     }
 
     /// Has `proposal` decided and waits until it is durable here.
@@ -136,18 +135,21 @@ impl Engine {
         Ok(decided.made.into())
     }
 
-    fn share_route_room(&self, a: &UserId, b: &UserId) -> bool {
-        let shared: Vec<RoomId> = {
-            let index = lock(&self.inner.user_rooms);
-            match (index.get(a), index.get(b)) {
-                (Some(a_rooms), Some(b_rooms)) => a_rooms.intersection(b_rooms).cloned().collect(),
-                _ => return false,
-            }
-        };
-        shared
-            .iter()
-            .filter_map(|id| self.room(id))
-            .any(|room| room.kind == RoomKind::Route)
+    /// Whether `a` and `b` are both members of a route room, from the disk's index of each
+    /// user's rooms (both lists are in id order). Route room ids never have the direct
+    /// prefix.
+    async fn share_route_room(&self, a: &UserId, b: &UserId) -> Result<bool, Error> {
+        let (a, b) = (a.clone(), b.clone());
+        self.read_storage(move |s| {
+            let a_rooms = s.rooms_of_user(a.as_str())?;
+            let b_rooms = s.rooms_of_user(b.as_str())?;
+            let route = |id: &&String| !id.starts_with(DIRECT_PREFIX);
+            Ok(a_rooms
+                .iter()
+                .filter(route)
+                .any(|id| b_rooms.binary_search(id).is_ok()))
+        })
+        .await
     }
 }
 

@@ -3,11 +3,11 @@
 use super::change::{Decided, Made, Post, Proposal};
 use std::sync::Arc;
 
+use super::records::stored_id;
 use super::room::{DedupKey, Room, Stamp};
-use super::{Durable, Engine, Priority};
+use super::{load, Durable, Engine, Priority};
 use crate::error::Error;
 use crate::protocol::{encode, NewMessage, RoomId, RoomView, RoomsPage, ServerFrame, UserId};
-use crate::sync::lock;
 
 /// What a send produced.
 pub struct Sent {
@@ -115,7 +115,7 @@ impl Engine {
     /// `read`: moves the user's read marker forward (never back, never past the last
     /// message).
     pub async fn mark_read(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
-        let room = self.open_room(room_id)?;
+        let room = self.open_room(room_id).await?;
         let seq = seq.min(room.state().committed.seq);
         let proposal = Proposal::Read {
             room_id: room_id.clone(),
@@ -126,8 +126,8 @@ impl Engine {
     }
 
     /// `typing`: tells the room's other members, best effort (never stored).
-    pub fn typing(&self, user: &UserId, room_id: &RoomId) -> Result<(), Error> {
-        let room = self.open_room(room_id)?;
+    pub async fn typing(&self, user: &UserId, room_id: &RoomId) -> Result<(), Error> {
+        let room = self.open_room(room_id).await?;
         if !room.state().is_member(user) {
             return Err(Error::not_member(room_id.as_str()));
         }
@@ -137,8 +137,10 @@ impl Engine {
     }
 
     /// Pushes `typing` to the members of `room_id` other than `user`, if `user` is one.
+    /// Best effort: a room not in memory here is not loaded for it (in cluster mode, a room
+    /// in use on any node is loaded on every node by the changes they apply).
     pub fn push_typing(&self, room_id: &RoomId, user: &UserId) {
-        let Some(room) = self.room(room_id) else {
+        let Some(room) = self.resident_room(room_id) else {
             return;
         };
         let audience = {
@@ -160,81 +162,52 @@ impl Engine {
     /// `rooms`: the user's rooms with their unread counts, most recently active first (by
     /// `last_ts`, or `created_ts` for a room with no messages), strictly older than
     /// `page.before_ts` and at most `page.limit` of them; and whether more are older.
+    ///
+    /// The rooms come from the disk's index of the user's rooms. A room in memory answers
+    /// from memory (it may be ahead of the disk); the others are read from disk without being
+    /// loaded, so listing many rooms does not push the rooms in use out of memory. Unread
+    /// counts are differences of counters either way, never a count of messages.
     pub async fn rooms_of(&self, user: &UserId, page: &RoomsPage) -> Result<RoomsList, Error> {
-        let ids: Vec<RoomId> = lock(&self.inner.user_rooms)
-            .get(user)
-            .map(|rooms| rooms.iter().cloned().collect())
-            .unwrap_or_default();
-        let mut rooms: Vec<(u64, Arc<Room>)> = ids
-            .iter()
-            .filter_map(|id| self.room(id))
-            .map(|room| {
-                let active = activity(&room.state(), room.created_ts);
-                (active, room)
-            })
-            .filter(|(active, _)| page.before_ts.is_none_or(|before| *active < before))
-            .collect();
-        rooms.sort_by(|(a_ts, a), (b_ts, b)| b_ts.cmp(a_ts).then_with(|| a.id.cmp(&b.id)));
+        let engine = self.clone();
+        let (user, page) = (user.clone(), page.clone());
+        smol::unblock(move || engine.rooms_of_blocking(&user, &page)).await
+    }
+
+    fn rooms_of_blocking(&self, user: &UserId, page: &RoomsPage) -> Result<RoomsList, Error> {
+        let storage = &self.inner.storage;
+        let mut rooms: Vec<(u64, RoomView)> = Vec::new();
+        for id in storage.rooms_of_user(user.as_str())? {
+            let room_id: RoomId = stored_id("user_rooms", &id)?;
+            let room = match self.resident_room(&room_id) {
+                Some(room) => room,
+                None => match load::room(storage, &room_id, 0)? {
+                    Some(room) => Arc::new(room),
+                    None => continue,
+                },
+            };
+            let state = room.state();
+            let Some(unread) = state.unread(user) else {
+                continue;
+            };
+            let active = if state.committed.seq == 0 {
+                room.created_ts
+            } else {
+                state.committed.ts
+            };
+            if page.before_ts.is_none_or(|before| active < before) {
+                rooms.push((active, room.view(&state, Some(unread))));
+            }
+        }
+        rooms
+            .sort_by(|(a_ts, a), (b_ts, b)| b_ts.cmp(a_ts).then_with(|| a.room_id.cmp(&b.room_id)));
         let has_more = page.limit.is_some_and(|limit| rooms.len() > limit);
         if let Some(limit) = page.limit {
             rooms.truncate(limit);
         }
-        let ids: Vec<RoomId> = rooms.into_iter().map(|(_, room)| room.id.clone()).collect();
-        let mut views = Vec::with_capacity(ids.len());
-        // Unread counts the cache cannot give: (index in views, room number, after, upto).
-        let mut from_disk = Vec::new();
-        for id in ids {
-            let Some(room) = self.room(&id) else { continue };
-            let state = room.state();
-            let Some(member) = state.members.get(user) else {
-                continue;
-            };
-            let marker = member.read_seq;
-            let committed = state.committed.seq;
-            let cache_first = state.recent.front().map_or(committed + 1, |m| m.seq);
-            let in_cache = state
-                .recent
-                .iter()
-                .filter(|m| {
-                    m.seq > marker && m.kind.is_content() && m.sender.as_ref() != Some(user)
-                })
-                .count() as u64;
-            if marker + 1 < cache_first {
-                from_disk.push((views.len(), room.number, marker, cache_first - 1));
-            }
-            views.push(room.view(&state, Some(in_cache)));
-        }
-        if !from_disk.is_empty() {
-            let user = user.clone();
-            let counts = self
-                .read_storage(move |s| {
-                    from_disk
-                        .into_iter()
-                        .map(|(i, number, after, upto)| {
-                            Ok((i, s.count_unread(number, after, upto, user.as_str())?))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            for (i, count) in counts {
-                if let Some(unread) = &mut views[i].unread {
-                    *unread += count;
-                }
-            }
-        }
         Ok(RoomsList {
-            rooms: views,
+            rooms: rooms.into_iter().map(|(_, view)| view).collect(),
             has_more,
         })
-    }
-}
-
-/// A room's place in the `rooms` order: its last message's ts, or its creation.
-fn activity(state: &super::room::RoomState, created_ts: u64) -> u64 {
-    if state.committed.seq == 0 {
-        created_ts
-    } else {
-        state.committed.ts
     }
 }
 

@@ -23,13 +23,13 @@ mod local;
 pub mod membership;
 mod messages;
 mod records;
+mod resident;
 mod retention;
 mod room;
 mod rules;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use apply::Applied;
@@ -42,7 +42,7 @@ use connections::{QueueLimits, Registry};
 pub use events::{Event, Subscriber};
 pub use local::Local;
 pub use messages::{Accepted, RoomsList, Sent};
-use room::Room;
+use resident::Resident;
 pub use room::Stamp;
 pub use rules::Verdict;
 
@@ -68,10 +68,8 @@ struct Shared {
     authority: Arc<dyn Authority>,
     /// Who hears of every durable change, in commit order.
     subscribers: Vec<Arc<dyn Subscriber>>,
-    /// Every open room.
-    rooms: RwLock<HashMap<RoomId, Arc<Room>>>,
-    /// Each user's open rooms: the index behind `rooms` and the direct-room policy.
-    user_rooms: Mutex<HashMap<UserId, HashSet<RoomId>>>,
+    /// The rooms in use; the others are on disk only.
+    resident: Resident,
     connections: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Serialises creating and closing rooms, which consult disk tombstones and allocate
@@ -83,20 +81,14 @@ struct Shared {
 }
 
 impl Engine {
-    /// Loads every open room from `storage` into memory and starts the writer; `authority`
-    /// decides every change from then on.
+    /// Starts the writer on `storage`; `authority` decides every change from then on. No
+    /// room is read: each loads on its first use.
     pub fn open(
         config: Config,
         storage: Arc<Storage>,
         authority: Arc<dyn Authority>,
     ) -> Result<Engine, StorageError> {
         let next_room_number = storage.next_room_number()?;
-        let loaded = load::open_rooms(&storage, config.history.cache_per_room)?;
-        log::info!(
-            "loaded {} open rooms from {}",
-            loaded.rooms.len(),
-            config.storage.path.display()
-        );
         let metrics = Metrics::new();
         let writer = Writer::start(
             storage.clone(),
@@ -119,8 +111,7 @@ impl Engine {
                 writer,
                 authority,
                 subscribers,
-                rooms: RwLock::new(loaded.rooms),
-                user_rooms: Mutex::new(loaded.user_rooms),
+                resident: Resident::new(),
                 connections,
                 metrics,
                 lifecycle: Mutex::new(()),
@@ -159,8 +150,9 @@ impl Engine {
     }
 
     /// The last seq and ts this node assigned (or applied) in `room_id`, if it is open here.
-    pub fn last_stamp(&self, room_id: &RoomId) -> Option<Stamp> {
-        self.room(room_id).map(|room| room.state().assigned)
+    pub async fn last_stamp(&self, room_id: &RoomId) -> Result<Option<Stamp>, Error> {
+        let room = self.room(room_id).await?;
+        Ok(room.map(|room| room.state().assigned))
     }
 
     /// Registers a WebSocket connection; pushes for the user's rooms start at once.
@@ -205,20 +197,6 @@ impl Engine {
         })
         .await;
         log::info!("storage writer stopped; all acknowledged writes are durable");
-    }
-
-    fn room(&self, room_id: &RoomId) -> Option<Arc<Room>> {
-        let rooms = self.inner.rooms.read().unwrap_or_else(|e| e.into_inner());
-        rooms.get(room_id).cloned()
-    }
-
-    fn rooms_mut(&self) -> RwLockWriteGuard<'_, HashMap<RoomId, Arc<Room>>> {
-        self.inner.rooms.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn open_room(&self, room_id: &RoomId) -> Result<Arc<Room>, Error> {
-        self.room(room_id)
-            .ok_or_else(|| Error::room_not_found(room_id.as_str()))
     }
 
     /// Writes a consistent copy of the data directory to `dir` while serving (`chat-engine
@@ -275,15 +253,6 @@ fn sweep_schedule(days: f64, parts: u32, at_most: Duration) -> (Duration, Durati
     (period, every)
 }
 
-fn unindex(index: &mut HashMap<UserId, HashSet<RoomId>>, user: &UserId, room_id: &RoomId) {
-    if let Some(rooms) = index.get_mut(user) {
-        rooms.remove(room_id);
-        if rooms.is_empty() {
-            index.remove(user);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +306,7 @@ mod tests {
                 .unwrap();
             assert_eq!(next.stamp.seq, 2, "the failed message left no gap");
             assert!(engine.is_ready());
-            let view = engine.room_view(&room).unwrap();
+            let view = engine.room_view(&room).await.unwrap();
             assert_eq!(view.members.len(), 1, "the failed join was rolled back");
             let page = engine
                 .history(&room, &Default::default(), None)

@@ -3,9 +3,10 @@
 
 use serde_json::value::RawValue;
 
+use super::room::Member;
 use crate::error::StorageError;
 use crate::protocol::{Id, Message, MessageKind, Reactions, RoomId, RoomKind};
-use crate::storage::{MessageRecord, StampRecord, StoredMessageKind, StoredRoomKind};
+use crate::storage::{MessageRecord, ReadRecord, StampRecord, StoredMessageKind, StoredRoomKind};
 
 pub fn stored_room_kind(kind: RoomKind) -> StoredRoomKind {
     match kind {
@@ -125,6 +126,15 @@ pub fn message_from_record(
     message.reactions = Reactions(reactions);
     message.changes = record.changes;
     Ok(message)
+}
+
+/// A member's read marker and counts as stored.
+pub fn read_record(member: Member) -> ReadRecord {
+    ReadRecord {
+        seq: member.read_seq,
+        own: member.own,
+        base: member.base,
+    }
 }
 
 #[cfg(test)]

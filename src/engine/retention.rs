@@ -60,7 +60,9 @@ impl Engine {
     /// After the commit: the room's cache and first seq no longer hold what was deleted.
     fn forget_purged(&self, room_id: Option<&RoomId>, found: &Expired) {
         self.inner.metrics.retention_deleted.inc_by(found.count);
-        if let Some(room) = room_id.and_then(|id| self.room(id)) {
+        let resident = &self.inner.resident;
+        resident.disk_changed();
+        if let Some(room) = room_id.and_then(|id| resident.get(id)) {
             room.state().purge_before(found.newest.seq + 1);
         }
     }

@@ -1,12 +1,13 @@
-//! One open room in memory: members, seq/ts counters, the recent-message cache, the window of
-//! recent `client_msg_id`s, and the targets of changes not yet durable.
+//! One open room in memory: members with their read counts, seq/ts counters, the
+//! recent-message cache, the window of recent `client_msg_id`s, and what was assigned but is
+//! not durable yet (messages in flight, the targets of changes).
 //!
 //! Everything mutable sits behind the room's one mutex, held only for short, synchronous
 //! steps (never across an `.await`). Two counters matter: `assigned` is the last seq handed
 //! out; `committed` is the last one durable, and the only one anybody can see.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Error;
@@ -30,10 +31,16 @@ impl Stamp {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A member's read marker and counts, as stored ([`crate::storage::ReadRecord`]): their
+/// unread count is the room's `content` minus `own` minus `base`, with no message read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Member {
     /// Last seq the member has read; unread counts what comes after it.
     pub read_seq: u64,
+    /// `text` and `system` messages the member sent.
+    pub own: u64,
+    /// `text` and `system` messages others sent up to `read_seq`.
+    pub base: u64,
 }
 
 pub struct Room {
@@ -45,6 +52,9 @@ pub struct Room {
     pub created_ts: u64,
     /// Moves when a failed write rolls this room back; writes built before it are refused.
     pub generation: Arc<AtomicU64>,
+    /// When the room was last used, in seconds of the resident set's clock: which rooms
+    /// to unload first.
+    pub touched: AtomicU64,
     state: Mutex<RoomState>,
 }
 
@@ -61,6 +71,10 @@ pub struct RoomState {
     pub committed: Stamp,
     /// Oldest seq still stored.
     pub first_seq: u64,
+    /// `text` and `system` messages assigned so far, ever (what unread counts are made of).
+    pub content: u64,
+    /// Messages assigned but not yet committed, ascending by seq.
+    inflight: VecDeque<Arc<Message>>,
     /// The newest committed messages, ascending by seq, at most `cache_limit`.
     pub recent: VecDeque<Arc<Message>>,
     cache_limit: usize,
@@ -108,6 +122,7 @@ impl Room {
             owner,
             created_ts,
             generation: Arc::new(AtomicU64::new(0)),
+            touched: AtomicU64::new(0),
             state: Mutex::new(state),
         }
     }
@@ -122,6 +137,13 @@ impl Room {
             return Err(Error::room_not_found(self.id.as_str()));
         }
         Ok(())
+    }
+
+    /// Notes a use at `now` on the resident set's clock.
+    pub fn touch(&self, now: u64) {
+        if self.touched.load(Ordering::Relaxed) != now {
+            self.touched.store(now, Ordering::Relaxed);
+        }
     }
 
     /// The room as clients see it; `unread` only for `rooms` replies.
@@ -144,6 +166,7 @@ impl RoomState {
         members: BTreeMap<UserId, Member>,
         last: Stamp,
         first_seq: u64,
+        content: u64,
         recent: VecDeque<Arc<Message>>,
         cache_limit: usize,
         brand_new: bool,
@@ -155,6 +178,8 @@ impl RoomState {
             assigned: last,
             committed: last,
             first_seq,
+            content,
+            inflight: VecDeque::new(),
             recent,
             cache_limit,
             dedup: HashMap::new(),
@@ -182,6 +207,52 @@ impl RoomState {
 
     pub fn is_member(&self, user: &UserId) -> bool {
         self.members.contains_key(user)
+    }
+
+    /// Whether nothing assigned here waits for the disk: the room is as it is stored.
+    pub fn is_settled(&self) -> bool {
+        self.inflight.is_empty() && self.pending_targets.is_empty()
+    }
+
+    /// `user`'s unread count as readers see it: committed `text` and `system` messages by
+    /// others after their marker. Messages retention deleted stop counting: the count is at
+    /// most the messages still stored after the marker (exact when every message retention
+    /// cut from the unread ones was content from others, as it is in most rooms).
+    pub fn unread(&self, user: &UserId) -> Option<u64> {
+        let member = self.members.get(user)?;
+        let assigned = self.content.saturating_sub(member.own + member.base);
+        let committed = assigned.saturating_sub(self.others_in_flight(user, member.read_seq));
+        let stored = self
+            .committed
+            .seq
+            .saturating_sub(member.read_seq.max(self.first_seq.saturating_sub(1)));
+        Some(committed.min(stored))
+    }
+
+    /// Content messages by others in flight after seq `after`.
+    fn others_in_flight(&self, user: &UserId, after: u64) -> u64 {
+        let counts = |m: &&Arc<Message>| m.seq > after && counts_for(m, user);
+        self.inflight.iter().filter(counts).count() as u64
+    }
+
+    /// Content messages by others with seq in `(after, assigned]`, if memory holds all of
+    /// them (the cache and the messages in flight).
+    pub fn others_after(&self, user: &UserId, after: u64) -> Option<u64> {
+        let in_cache = self.cached(after + 1, self.committed.seq)?;
+        let committed = in_cache.iter().filter(|m| counts_for(m, user)).count() as u64;
+        Some(committed + self.others_in_flight(user, after))
+    }
+
+    /// A message assigned now; it is in flight until it commits.
+    pub fn assign(&mut self, message: Arc<Message>) {
+        self.assigned = Stamp {
+            seq: message.seq,
+            ts: message.ts,
+        };
+        if message.kind.is_content() {
+            self.content += 1;
+        }
+        self.inflight.push_back(message);
     }
 
     pub fn dedup_lookup(&self, key: &DedupKey) -> Option<Stamp> {
@@ -246,6 +317,9 @@ impl RoomState {
             seq: message.seq,
             ts: message.ts,
         };
+        while self.inflight.front().is_some_and(|m| m.seq <= message.seq) {
+            self.inflight.pop_front();
+        }
         self.recent.push_back(message);
         while self.recent.len() > self.cache_limit {
             self.recent.pop_front();
@@ -274,9 +348,15 @@ impl RoomState {
     }
 
     /// Forgets everything assigned but not committed (after a failed write).
+    /// Members' counts are the caller's to reload from disk.
     pub fn roll_back_uncommitted(&mut self) {
         let committed = self.committed.seq;
         self.assigned = self.committed;
+        for message in self.inflight.drain(..) {
+            if message.kind.is_content() {
+                self.content -= 1;
+            }
+        }
         self.dedup_order.retain(|(_, seq)| *seq <= committed);
         self.dedup.retain(|_, stamp| stamp.seq <= committed);
         // Every pending change was assigned after the last commit.
@@ -288,7 +368,10 @@ impl RoomState {
         if from > to {
             return Some(Vec::new());
         }
-        let first = self.recent.front()?.seq;
+        let first = self
+            .recent
+            .front()
+            .map_or(self.committed.seq + 1, |m| m.seq);
         if from < first || to > self.committed.seq {
             return None;
         }
@@ -317,6 +400,11 @@ impl RoomState {
     }
 }
 
+/// Whether `message` counts as unread for `user`: content someone else sent.
+fn counts_for(message: &Message, user: &UserId) -> bool {
+    message.kind.is_content() && message.sender.as_ref() != Some(user)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +426,7 @@ mod tests {
             BTreeMap::new(),
             Stamp::default(),
             1,
+            0,
             VecDeque::new(),
             cache_limit,
             true,

@@ -155,7 +155,7 @@ pub(super) async fn put_room(mut req: Req) -> Result<Response, Error> {
     security(("api_key" = []))
 )]
 pub(super) async fn get_room(req: Req) -> Result<Response, Error> {
-    let room = req.state().room_view(&room_param(&req)?)?;
+    let room = req.state().room_view(&room_param(&req)?).await?;
     Ok(json(StatusCode::Ok, &room))
 }
 

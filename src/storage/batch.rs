@@ -2,7 +2,7 @@
 //! a column family or a key. A [`Batch`] is what one change (or a barrier: an empty batch)
 //! hands the group-commit writer; it commits atomically with the others of its group.
 
-use super::codec::{self, MemberRecord, MessageRecord, RoomRecord, StampRecord};
+use super::codec::{self, MemberRecord, MessageRecord, ReadRecord, RoomRecord, StampRecord};
 use super::keys::{self, Cf};
 
 /// One key change.
@@ -52,8 +52,8 @@ impl Batch {
             .push(KeyWrite::put(Cf::Meta, keys::META_NEXT_ROOM_NUMBER, &next));
     }
 
-    /// Makes `user` a member of `room_id` who has read up to `read_seq`.
-    pub fn member_added(&mut self, room_id: &str, user: &str, read_seq: u64, joined_ts: u64) {
+    /// Makes `user` a member of `room_id` with read marker `read`.
+    pub fn member_added(&mut self, room_id: &str, user: &str, read: ReadRecord, joined_ts: u64) {
         self.writes.push(KeyWrite::put(
             Cf::Members,
             &keys::pair(room_id, user),
@@ -64,7 +64,7 @@ impl Batch {
             keys::pair(user, room_id),
             Vec::new(),
         ));
-        self.read_marker(user, room_id, read_seq);
+        self.read_record(user, room_id, read);
     }
 
     /// When `room_number`'s membership last changed (activity, for rooms that close
@@ -87,9 +87,35 @@ impl Batch {
             .push(KeyWrite::Delete(Cf::Reads, keys::pair(user, room_id)));
     }
 
-    pub fn read_marker(&mut self, user: &str, room_id: &str, seq: u64) {
+    /// A member's read marker and counts, after they read or sent.
+    pub fn read_record(&mut self, user: &str, room_id: &str, read: ReadRecord) {
         self.writes
-            .push(KeyWrite::put(Cf::Reads, &keys::pair(user, room_id), &seq));
+            .push(KeyWrite::put(Cf::Reads, &keys::pair(user, room_id), &read));
+    }
+
+    /// The `text` and `system` messages `room_number` has had, after a new one.
+    pub fn content_count(&mut self, room_number: u64, count: u64) {
+        self.writes.push(KeyWrite::put(
+            Cf::Meta,
+            &keys::content_count(room_number),
+            &count,
+        ));
+    }
+
+    /// An `activity` entry: route room `room_id` was last active at or after `ts`.
+    pub fn activity(&mut self, ts: u64, room_id: &str) {
+        self.writes.push(KeyWrite::Put(
+            Cf::Activity,
+            keys::activity(ts, room_id),
+            Vec::new(),
+        ));
+    }
+
+    /// Drops the `activity` entry at `ts` of `room_id` (the room closed, or the entry
+    /// moves to a later ts).
+    pub fn activity_removed(&mut self, ts: u64, room_id: &str) {
+        self.writes
+            .push(KeyWrite::Delete(Cf::Activity, keys::activity(ts, room_id)));
     }
 
     /// A message, new or rewritten (a target after a change).

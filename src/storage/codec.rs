@@ -69,6 +69,20 @@ pub struct MemberRecord {
     pub joined_ts: u64,
 }
 
+/// A member's read marker and the two counts that give their unread count without reading
+/// messages (schema 3; schema 2 stored the marker alone). With the room's content count `C`
+/// (the `text` and `system` messages it ever had), the member's unread count is
+/// `C - own - base`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRecord {
+    /// The last seq the member has read.
+    pub seq: u64,
+    /// Content messages the member sent.
+    pub own: u64,
+    /// Content messages others sent up to `seq`.
+    pub base: u64,
+}
+
 /// A stored message: what was sent, and, for a `text` or `system` message, its current state
 /// after the changes made to it, rewritten by each change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +105,13 @@ pub struct MessageRecord {
     pub reactions: Vec<(String, Vec<String>)>,
     /// Changes applied to this message: what cluster mode's scripts compare.
     pub changes: u32,
+}
+
+impl StoredMessageKind {
+    /// `text` and `system`: what unread counts.
+    pub fn is_content(self) -> bool {
+        matches!(self, StoredMessageKind::Text | StoredMessageKind::System)
+    }
 }
 
 /// So a [`MessageRecord`] can be built from the fields it needs.

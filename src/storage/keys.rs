@@ -20,21 +20,28 @@ pub enum Cf {
     /// room number (u64 BE) sender 0xFF client_msg_id -> `StampRecord` (seq, ts). System
     /// messages have an empty sender, which no user id can be.
     Dedup,
-    /// user id 0xFF room id -> last read seq (u64).
+    /// user id 0xFF room id -> `ReadRecord` (last read seq and the member's counts).
     Reads,
     /// `META_*` keys: schema version (u32), room-number counter (u64); and
     /// `purged` 0xFF room number (u64 BE) -> `StampRecord`, the newest message retention
     /// deleted, so a room whose every message expired still knows its last seq and ts;
     /// `membership` 0xFF room number (u64 BE) -> u64, when a member last joined or left
-    /// (`rooms.close_after_idle_days` counts it as activity).
+    /// (`rooms.close_after_idle_days` counts it as activity);
+    /// `content` 0xFF room number (u64 BE) -> u64, the `text` and `system` messages the room
+    /// ever had (unread counts are differences of it).
     /// Cluster mode adds `cluster_position` 0xFF shard (u16 BE) -> (u64, u64), the id of
     /// the last entry of that shard's log applied here; and `cluster_epoch` -> the string
     /// naming the Redis data set those positions belong to.
     Meta,
+    /// ts (u64 BE) room id -> empty: one entry per open route room, whose ts is at most the
+    /// room's last activity. The idle-room sweep reads the entries older than its cutoff
+    /// and either closes the room or moves the entry to the room's real last activity, so
+    /// nothing is written per message.
+    Activity,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 8] = [
         Cf::Rooms,
         Cf::Members,
         Cf::UserRooms,
@@ -42,6 +49,7 @@ impl Cf {
         Cf::Dedup,
         Cf::Reads,
         Cf::Meta,
+        Cf::Activity,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +61,7 @@ impl Cf {
             Cf::Dedup => "dedup",
             Cf::Reads => "reads",
             Cf::Meta => "meta",
+            Cf::Activity => "activity",
         }
     }
 }
@@ -84,6 +93,25 @@ pub fn purged(room_number: u64) -> Vec<u8> {
 /// `meta` key of when a room's membership last changed.
 pub fn membership_changed(room_number: u64) -> Vec<u8> {
     per_room(b"membership", room_number)
+}
+
+/// `meta` key of a room's content count.
+pub fn content_count(room_number: u64) -> Vec<u8> {
+    per_room(b"content", room_number)
+}
+
+/// `activity` key: `ts` (u64 BE) then the room id.
+pub fn activity(ts: u64, room_id: &str) -> Vec<u8> {
+    let mut key = ts.to_be_bytes().to_vec();
+    key.extend_from_slice(room_id.as_bytes());
+    key
+}
+
+/// Splits an `activity` key into its ts and room id.
+pub fn split_activity(key: &[u8]) -> Option<(u64, &str)> {
+    let (ts, room_id) = key.split_at_checked(8)?;
+    let ts = u64::from_be_bytes(ts.try_into().ok()?);
+    Some((ts, std::str::from_utf8(room_id).ok()?))
 }
 
 /// A per-room `meta` key: `name` 0xFF room number (u64 BE).
@@ -227,12 +255,25 @@ mod tests {
         assert_ne!(purged(1), purged(256));
         assert!(purged(1) < purged(256), "numbers are big-endian");
         assert_ne!(purged(1), membership_changed(1));
+        assert_ne!(content_count(1), membership_changed(1));
+        assert!(!content_count(1).starts_with(b"purged"));
         assert!(!membership_changed(1).starts_with(b"purged"));
         for other in [META_SCHEMA_VERSION, META_NEXT_ROOM_NUMBER] {
             assert!(!purged(0).starts_with(other) && !other.starts_with(&purged(0)));
             let membership = membership_changed(0);
             assert!(!membership.starts_with(other) && !other.starts_with(&membership));
         }
+    }
+
+    #[test]
+    fn activity_keys_sort_by_ts_and_round_trip() {
+        assert!(activity(1, "zz") < activity(2, "a"));
+        assert!(activity(255, "a") < activity(256, "a"), "ts is big-endian");
+        assert_eq!(
+            split_activity(&activity(7, "route-1")),
+            Some((7, "route-1"))
+        );
+        assert_eq!(split_activity(b"short"), None);
     }
 
     #[test]

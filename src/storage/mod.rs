@@ -15,7 +15,8 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Opt
 
 pub use batch::{Batch, KeyWrite};
 pub use codec::{
-    MemberRecord, MessageRecord, RoomRecord, StampRecord, StoredMessageKind, StoredRoomKind,
+    MemberRecord, MessageRecord, ReadRecord, RoomRecord, StampRecord, StoredMessageKind,
+    StoredRoomKind,
 };
 pub use keys::Cf;
 pub use writer::{WriteOp, Writer};
@@ -25,17 +26,71 @@ pub use crate::error::StorageError;
 
 /// The schema version this build writes. Data from an older version is migrated at start-up;
 /// data from a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Ordered migrations: `(from, step)` upgrades a data directory at version `from` to
 /// `from + 1`.
 type Migration = fn(&Storage) -> Result<(), StorageError>;
-const MIGRATIONS: &[(u32, Migration)] = &[(1, messages_carry_change_state)];
+const MIGRATIONS: &[(u32, Migration)] = &[
+    (1, messages_carry_change_state),
+    (2, rooms_keep_counts_and_activity),
+];
 
 /// Schema 2: message records (format 2) carry their change state. Format 1 records are read
 /// as messages that were never changed, so nothing is rewritten; the version moves so that an
 /// older build, which cannot read format 2, refuses the directory instead of failing later.
 fn messages_carry_change_state(_storage: &Storage) -> Result<(), StorageError> {
+    Ok(())
+}
+
+/// Schema 3: rooms are loaded on demand, so what needed every room in memory is kept on
+/// disk. Each open room gets its content count and each member a [`ReadRecord`] (schema 2
+/// stored the marker alone), counted from the messages stored; each open route room gets an
+/// `activity` entry at its last activity. One pass over the open rooms' messages.
+fn rooms_keep_counts_and_activity(storage: &Storage) -> Result<(), StorageError> {
+    let rooms = storage.open_rooms()?;
+    log::info!("counting the messages of {} open rooms", rooms.len());
+    for (room_id, record) in rooms {
+        let mut batch = Batch::new();
+        let members: Vec<(String, u64)> = storage
+            .members(&room_id)?
+            .into_iter()
+            .map(|(user, _)| {
+                let key = keys::pair(&user, &room_id);
+                let seq = storage.get::<u64>(Cf::Reads, &key)?.unwrap_or(0);
+                Ok((user, seq))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        let mut counts = vec![ReadRecord::default(); members.len()];
+        for ((_, seq), count) in members.iter().zip(counts.iter_mut()) {
+            count.seq = *seq;
+        }
+        let mut content = 0;
+        storage.walk_messages(record.number, 0, |seq, message| {
+            if !message.kind.is_content() {
+                return true;
+            }
+            content += 1;
+            for ((user, _), count) in members.iter().zip(counts.iter_mut()) {
+                if message.sender.as_deref() == Some(user) {
+                    count.own += 1;
+                } else if seq <= count.seq {
+                    count.base += 1;
+                }
+            }
+            true
+        })?;
+        batch.content_count(record.number, content);
+        for ((user, _), count) in members.iter().zip(counts) {
+            batch.read_record(user, &room_id, count);
+        }
+        if record.kind == StoredRoomKind::Route {
+            let last = storage.last_stamp(record.number)?.map_or(0, |s| s.ts);
+            let membership = storage.membership_changed(record.number)?.unwrap_or(0);
+            batch.activity(record.created_ts.max(last).max(membership), &room_id);
+        }
+        storage.write(&batch.writes, false)?;
+    }
     Ok(())
 }
 
@@ -216,6 +271,20 @@ impl Storage {
         Ok(found)
     }
 
+    /// The keys of `cf` that start with `prefix`, with the prefix cut off.
+    fn scan_keys(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mode = IteratorMode::From(prefix, Direction::Forward);
+        let mut found = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(cf), mode) {
+            let (key, _) = entry?;
+            match key.strip_prefix(prefix) {
+                Some(rest) => found.push(rest.to_vec()),
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
     pub fn next_room_number(&self) -> Result<u64, StorageError> {
         Ok(self
             .get(Cf::Meta, keys::META_NEXT_ROOM_NUMBER)?
@@ -270,8 +339,58 @@ impl Storage {
             .collect()
     }
 
-    pub fn read_marker(&self, user_id: &str, room_id: &str) -> Result<Option<u64>, StorageError> {
+    pub fn read_record(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> Result<Option<ReadRecord>, StorageError> {
         self.get(Cf::Reads, &keys::pair(user_id, room_id))
+    }
+
+    /// The `text` and `system` messages a room ever had (0 before its first).
+    pub fn content_count(&self, room_number: u64) -> Result<u64, StorageError> {
+        Ok(self
+            .get(Cf::Meta, &keys::content_count(room_number))?
+            .unwrap_or(0))
+    }
+
+    /// The ids of the rooms `user_id` is a member of, in id order.
+    pub fn rooms_of_user(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
+        self.scan_keys(Cf::UserRooms, &keys::pair_prefix(user_id))?
+            .into_iter()
+            .map(|room| {
+                String::from_utf8(room).map_err(|_| StorageError::Corrupt {
+                    cf: Cf::UserRooms.name(),
+                    reason: "room id is not UTF-8".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` `activity` entries with ts at or before `cutoff`, oldest first.
+    pub fn idle_candidates(
+        &self,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        let mut found = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(Cf::Activity), IteratorMode::Start)
+        {
+            let (key, _) = entry?;
+            let Some((ts, room_id)) = keys::split_activity(&key) else {
+                return Err(StorageError::Corrupt {
+                    cf: Cf::Activity.name(),
+                    reason: "bad activity key".into(),
+                });
+            };
+            if ts > cutoff || found.len() == limit {
+                break;
+            }
+            found.push((ts, room_id.to_owned()));
+        }
+        Ok(found)
     }
 
     pub fn dedup(
@@ -436,11 +555,7 @@ impl Storage {
             if seq > upto {
                 return false;
             }
-            let counts = matches!(
-                message.kind,
-                StoredMessageKind::Text | StoredMessageKind::System
-            );
-            if counts && message.sender.as_deref() != Some(user_id) {
+            if message.kind.is_content() && message.sender.as_deref() != Some(user_id) {
                 count += 1;
             }
             true

@@ -265,7 +265,7 @@ async fn handle<'a>(
             .mark_read(user, &room_id, seq)
             .await
             .map(|()| encode(&ServerFrame::Ok { id: id.as_ref() })),
-        RequestBody::Typing { room_id } => match engine.typing(user, &room_id) {
+        RequestBody::Typing { room_id } => match engine.typing(user, &room_id).await {
             Ok(()) => return ready(None),
             Err(error) => Err(error),
         },
