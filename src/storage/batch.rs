@@ -40,6 +40,12 @@ impl Batch {
         self.writes.len()
     }
 
+    /// The key changes, for [`super::Storage::write`] (tools that fill a data directory
+    /// offline, such as the scale benchmark).
+    pub fn writes(&self) -> &[KeyWrite] {
+        &self.writes
+    }
+
     /// A room's record: new, or its tombstone once closed.
     pub fn room(&mut self, room_id: &str, record: &RoomRecord) {
         self.writes
