@@ -657,3 +657,30 @@ fn message_changes_are_decided_once_and_reach_every_node() {
         "not_member",
     );
 }
+
+/// Rooms on demand across nodes: with room for one room in memory, every node unloads the
+/// script's room between steps and loads it again to apply or decide the next change, and
+/// the clients see exactly what they see when rooms stay (REST on one node, apps on the
+/// other).
+#[test]
+fn a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed() {
+    if !available("a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed") {
+        return;
+    }
+    let run = |extra: &str| {
+        let redis = RedisServer::start();
+        let (a, b) = (
+            Node::start_with(&redis.url(), false, extra),
+            Node::start_with(&redis.url(), false, extra),
+        );
+        let seen = common::room_script::run(&a, &b);
+        let unloads = [&a, &b].map(|n| n.metric("chat_engine_room_unloads_total"));
+        (seen, unloads)
+    };
+    let (unloading, unloads) = run("[rooms]\nmax_in_memory = 1");
+    assert!(unloads.iter().all(|u| *u >= 20.0), "unloads: {unloads:?}");
+    let (staying, unloads) = run("");
+    assert_eq!(unloads, [0.0, 0.0]);
+    unloading.assert_same_as(&staying);
+    common::room_script::assert_expected(&unloading);
+}

@@ -614,6 +614,89 @@ mod tests {
     }
 
     #[test]
+    fn schema_2_gains_read_counts_content_counts_and_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(&config_at(dir.path())).unwrap();
+            let mut batch = Batch::new();
+            let room = |kind| RoomRecord {
+                number: 1,
+                kind,
+                owner: None,
+                created_ts: 5,
+                closed_ts: None,
+            };
+            batch.room("r", &room(StoredRoomKind::Route));
+            batch.room(
+                "dm",
+                &RoomRecord {
+                    number: 2,
+                    ..room(StoredRoomKind::Direct)
+                },
+            );
+            storage.write(&batch.writes, true).unwrap();
+            // seqs 1..=6 alternate odd/even senders; a reaction at 7 counts for nobody.
+            store_messages(&storage, 1, 1..=6);
+            let reaction = MessageRecord {
+                kind: StoredMessageKind::Reaction,
+                ..record(7, "odd")
+            };
+            let mut batch = Batch::new();
+            batch.message(1, 7, &reaction);
+            for user in ["odd", "even", "third"] {
+                batch.member_added("r", user, ReadRecord::default(), 1);
+            }
+            let schema_2 =
+                |user: &str, seq: u64| KeyWrite::put(Cf::Reads, &keys::pair(user, "r"), &seq);
+            let mut writes = batch.writes;
+            writes.extend([
+                schema_2("odd", 4),
+                schema_2("even", 0),
+                schema_2("third", 7),
+            ]);
+            writes.push(KeyWrite::put(Cf::Meta, keys::META_SCHEMA_VERSION, &2u32));
+            storage.write(&writes, true).unwrap();
+        }
+        let storage = Storage::open(&config_at(dir.path())).unwrap();
+        assert_eq!(storage.content_count(1).unwrap(), 6);
+        let read = |user| storage.read_record(user, "r").unwrap().unwrap();
+        // unread = content - own - base: odd read to 4 (2 of even's), 1 unread (seq 6).
+        assert_eq!(
+            read("odd"),
+            ReadRecord {
+                seq: 4,
+                own: 3,
+                base: 2
+            }
+        );
+        assert_eq!(
+            read("even"),
+            ReadRecord {
+                seq: 0,
+                own: 3,
+                base: 0
+            }
+        );
+        assert_eq!(
+            read("third"),
+            ReadRecord {
+                seq: 7,
+                own: 0,
+                base: 6
+            }
+        );
+        // The route room is indexed at its last message; the direct room never.
+        let entries = storage.idle_candidates(u64::MAX, 10).unwrap();
+        assert_eq!(entries, [(7, "r".to_owned())]);
+        assert_eq!(
+            storage
+                .get::<u32>(Cf::Meta, keys::META_SCHEMA_VERSION)
+                .unwrap(),
+            Some(3)
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod redis_server;
+pub mod room_script;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
