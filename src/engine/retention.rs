@@ -10,6 +10,9 @@ use super::Engine;
 use crate::protocol::{now_ms, RoomId};
 use crate::storage::{Batch, Expired};
 
+/// Rooms one read of the sweep looks at.
+const ROOMS_PER_READ: usize = 1000;
+
 impl Engine {
     /// Runs the sweep every twenty-fourth of the retention period (at least every hour), or
     /// never if retention is 0. Never returns.
@@ -29,19 +32,35 @@ impl Engine {
         }
     }
 
-    /// Deletes every message with ts < `cutoff_ts`.
+    /// Deletes every message with ts < `cutoff_ts`, a page of rooms at a time so that memory
+    /// stays bounded however many rooms there are.
     async fn delete_older_than(&self, cutoff_ts: u64) -> Result<(), crate::Error> {
-        let expired = self
-            .read_storage(move |storage| {
-                let mut expired = Vec::new();
-                for (id, record) in storage.all_rooms()? {
-                    if let Some(found) = storage.expired(record.number, cutoff_ts)? {
-                        expired.push((id, record.number, found));
+        let mut after = String::new();
+        loop {
+            let from = after.clone();
+            let (last, expired) = self
+                .read_storage(move |storage| {
+                    let rooms = storage.rooms_after(&from, ROOMS_PER_READ)?;
+                    let last = rooms.last().map(|(id, _)| id.clone());
+                    let mut expired = Vec::new();
+                    for (id, record) in rooms {
+                        if let Some(found) = storage.expired(record.number, cutoff_ts)? {
+                            expired.push((id, record.number, found));
+                        }
                     }
-                }
-                Ok(expired)
-            })
-            .await?;
+                    Ok((last, expired))
+                })
+                .await?;
+            self.purge(expired).await?;
+            match last {
+                Some(last) => after = last,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Deletes what [`crate::storage::Storage::expired`] found, room by room.
+    async fn purge(&self, expired: Vec<(String, u64, Expired)>) -> Result<(), crate::Error> {
         for (id, number, found) in expired {
             let slot = self.inner.writer.reserve().await;
             let engine = self.clone();

@@ -305,22 +305,43 @@ impl Storage {
         self.get(Cf::Rooms, &keys::room(room_id))
     }
 
-    /// Every room that is not closed.
-    pub fn open_rooms(&self) -> Result<Vec<(String, RoomRecord)>, StorageError> {
-        let mut rooms = self.all_rooms()?;
-        rooms.retain(|(_, record)| record.closed_ts.is_none());
-        Ok(rooms)
+    /// Every room that is not closed (schema migrations).
+    fn open_rooms(&self) -> Result<Vec<(String, RoomRecord)>, StorageError> {
+        let mut rooms = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.rooms_after(&after, 1000)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(rooms);
+            };
+            after = last.clone();
+            rooms.extend(page.into_iter().filter(|(_, r)| r.closed_ts.is_none()));
+        }
     }
 
-    /// Every room record, closed rooms' tombstones included.
-    pub fn all_rooms(&self) -> Result<Vec<(String, RoomRecord)>, StorageError> {
+    /// Up to `limit` room records (closed rooms' tombstones included) in id order, after
+    /// `after` ("" for the first): a pass over every room in bounded memory.
+    pub fn rooms_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, RoomRecord)>, StorageError> {
+        let start = keys::room(after);
+        let mode = IteratorMode::From(&start, Direction::Forward);
         let mut rooms = Vec::new();
-        for (key, record) in self.scan::<RoomRecord>(Cf::Rooms, b"")? {
-            let id = String::from_utf8(key).map_err(|_| StorageError::Corrupt {
+        for entry in self.db.iterator_cf(self.cf(Cf::Rooms), mode) {
+            let (key, value) = entry?;
+            if *key == *start {
+                continue;
+            }
+            if rooms.len() == limit {
+                break;
+            }
+            let id = String::from_utf8(key.to_vec()).map_err(|_| StorageError::Corrupt {
                 cf: Cf::Rooms.name(),
                 reason: "room id is not UTF-8".into(),
             })?;
-            rooms.push((id, record));
+            rooms.push((id, codec::decode(Cf::Rooms.name(), &value)?));
         }
         Ok(rooms)
     }
@@ -717,7 +738,7 @@ mod tests {
         let write = KeyWrite::Put(Cf::Rooms, b"r".to_vec(), vec![42, 0]);
         storage.write(&[write], true).unwrap();
         assert!(matches!(
-            storage.open_rooms(),
+            storage.rooms_after("", 10),
             Err(StorageError::UnknownFormat { version: 42, .. })
         ));
     }
