@@ -121,15 +121,20 @@ impl Drop for Loading<'_> {
 
 impl Engine {
     /// The open room `room_id`, loaded from disk on its first use; `None` when it was never
-    /// created or is closed.
+    /// created or is closed (or closing: the close is decided, not yet durable).
     pub(super) async fn room(&self, room_id: &RoomId) -> Result<Option<Arc<Room>>, Error> {
-        if let Some(room) = self.inner.resident.get(room_id) {
-            return Ok(Some(room));
-        }
-        let (engine, room_id) = (self.clone(), room_id.clone());
-        smol::unblock(move || engine.room_blocking(&room_id))
-            .await
-            .map_err(Error::from)
+        let room = match self.inner.resident.get(room_id) {
+            Some(room) => room,
+            None => {
+                let (engine, room_id) = (self.clone(), room_id.clone());
+                match smol::unblock(move || engine.room_blocking(&room_id)).await? {
+                    Some(room) => room,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let open = !room.state().closed;
+        Ok(open.then_some(room))
     }
 
     /// [`Engine::room`], or `not_found`.
@@ -139,7 +144,8 @@ impl Engine {
             .ok_or_else(|| Error::room_not_found(room_id.as_str()))
     }
 
-    /// [`Engine::room`] for code that runs off the executor (the writer thread, `unblock`).
+    /// The room as [`Engine::room`] finds it, closing rooms included, for code that runs
+    /// off the executor (the lifecycle's decisions, `unblock`).
     pub(super) fn room_blocking(
         &self,
         room_id: &RoomId,
