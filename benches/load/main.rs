@@ -3,6 +3,7 @@
 //! the same run. Prints one results table.
 //!
 //! `cargo bench --bench load`; `LOAD_SECONDS` sets each measurement's length (default 5).
+//! `LOAD_SCALE=1` runs the scale scenario instead (see `scale.rs`).
 //! The servers run on CPU 0 and the load generator on CPU 1 where taskset exists.
 
 // The same allocator as chat-engine, for the baseline server and the load generator alike.
@@ -13,6 +14,7 @@ mod baseline;
 mod fanout;
 mod history;
 mod idle;
+mod scale;
 mod target;
 
 use std::time::Duration;
@@ -71,6 +73,16 @@ fn main() {
             "not pinned (no taskset or one CPU)"
         }
     );
+    // LOAD_SCALE=1 runs only the scale scenario, on 1,000,000 rooms; any other number is the
+    // number of rooms (LOAD_SCALE=20000 for a quick run).
+    if let Ok(value) = std::env::var("LOAD_SCALE") {
+        let rooms = match value.parse().expect("LOAD_SCALE=1 or a number of rooms") {
+            1 => 1_000_000,
+            rooms => rooms,
+        };
+        scale::run(rooms, measure);
+        return;
+    }
     // LOAD_IDLE=1 measures only the idle connections (scenario 3).
     if std::env::var_os("LOAD_IDLE").is_some() {
         let engine = idle::rss_per_connection(&Target::chat_engine(), 5_000);

@@ -4,8 +4,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const JWT_SECRET: &str = "load-benchmark-secret";
 pub const API_KEY: &str = "load-benchmark-key";
@@ -56,6 +57,8 @@ pub struct Target {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
+    /// When the (first node's) process was spawned: what [`Target::ready_after`] counts from.
+    started: Instant,
     dir: tempfile::TempDir,
     /// Cluster mode: the other nodes (process, address, directory) and the Redis they share.
     peers: Vec<(Child, SocketAddr, tempfile::TempDir)>,
@@ -64,11 +67,18 @@ pub struct Target {
 
 impl Target {
     pub fn chat_engine() -> Target {
-        let (child, addr, dir) = Self::start_node("");
+        Self::chat_engine_seeded(|_| {})
+    }
+
+    /// chat-engine on a data directory that `seed` fills (given the path `--data` will name,
+    /// which does not exist yet) before the process starts.
+    pub fn chat_engine_seeded(seed: impl FnOnce(&Path)) -> Target {
+        let (child, addr, dir, started) = Self::start_node_seeded("", seed);
         Target {
             kind: Kind::ChatEngine,
             addr,
             child,
+            started,
             dir,
             peers: Vec::new(),
             redis: None,
@@ -107,8 +117,13 @@ impl Target {
             std::thread::sleep(Duration::from_millis(20));
         }
         let cluster = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
-        let (child, addr, dir) = Self::start_node(&cluster);
-        let peers: Vec<_> = (1..nodes).map(|_| Self::start_node(&cluster)).collect();
+        let (child, addr, dir, started) = Self::start_node_seeded(&cluster, |_| {});
+        let peers: Vec<_> = (1..nodes)
+            .map(|_| {
+                let (child, addr, dir, _) = Self::start_node_seeded(&cluster, |_| {});
+                (child, addr, dir)
+            })
+            .collect();
         // Each node answers once it has connected to Redis and read every log.
         let agent = ureq::Agent::new_with_defaults();
         for node in std::iter::once(addr).chain(peers.iter().map(|peer| peer.1)) {
@@ -122,13 +137,19 @@ impl Target {
             kind: Kind::ChatEngine,
             addr,
             child,
+            started,
             dir,
             peers,
             redis: Some((redis, redis_dir)),
         })
     }
 
-    fn start_node(extra_config: &str) -> (Child, SocketAddr, tempfile::TempDir) {
+    /// One node with `extra_config`, its data directory filled by `seed` first; also returns
+    /// when its process was spawned.
+    fn start_node_seeded(
+        extra_config: &str,
+        seed: impl FnOnce(&Path),
+    ) -> (Child, SocketAddr, tempfile::TempDir, Instant) {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
             dir.path().join("chat-engine.toml"),
@@ -138,8 +159,10 @@ impl Target {
             ),
         )
         .expect("write config");
+        seed(&dir.path().join("data"));
+        let started = Instant::now();
         let (child, addr) = Self::spawn_chat_engine(&dir);
-        (child, addr, dir)
+        (child, addr, dir, started)
     }
 
     /// How many nodes serve this target.
@@ -175,9 +198,35 @@ impl Target {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+        self.started = Instant::now();
         let (child, addr) = Self::spawn_chat_engine(&self.dir);
         self.child = child;
         self.addr = addr;
+    }
+
+    /// Waits for the first `/readyz` 200 (asking every 2 ms) and returns the time from the
+    /// process's spawn to it: start-up as an operator's health check sees it.
+    pub fn ready_after(&self) -> Duration {
+        let agent = ureq::Agent::new_with_defaults();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            // A request that connects before the server serves waits in the listen backlog
+            // and is answered as soon as it does, so the first 200 is timed to within a poll.
+            if agent
+                .get(format!("http://{}/readyz", self.addr))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return self.started.elapsed();
+            }
+            assert!(Instant::now() < deadline, "not ready after 600 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The directory chat-engine's `--data` names.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn baseline() -> Target {
@@ -189,6 +238,7 @@ impl Target {
             kind: Kind::Baseline,
             addr,
             child,
+            started: Instant::now(),
             dir,
             peers: Vec::new(),
             redis: None,
@@ -197,13 +247,19 @@ impl Target {
 
     /// The server's resident set size, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_number("VmRSS")
+    }
+
+    /// One number of the server's `/proc/PID/status`: `VmRSS`, `RssAnon`, `RssFile` (KiB),
+    /// `Threads`.
+    pub fn status_number(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("/proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("{field} in /proc status"))
     }
 
     /// The WebSocket URL for `user` in `room`, on the first node.
