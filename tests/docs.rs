@@ -344,6 +344,8 @@ fn the_protocol_docs_websocket_frames_are_the_servers() {
     let mut real = vec![
         alice.request(json!({"type": "rooms"})),
         bob.request(json!({"type": "send", "room_id": "route-42", "text": "On my way", "client_msg_id": "b7f3c2"})),
+        // Before the direct room: resume's maps are keyed by room id.
+        bob.request(json!({"type": "resume", "rooms": {"route-9": {"seq": 4, "epoch": "e"}}})),
         alice.request_ok(change(json!({"type": "edit", "text": "Pickup in 10"})), "sent"),
         bob.request_ok(change(json!({"type": "react", "reaction": "👍"})), "sent"),
         // The room's history now holds a target in its changed state, and the changes.
