@@ -118,6 +118,8 @@ pub struct LimitsConfig {
     pub send_rate: u32,
     /// Live WebSocket connections one user may hold; one more gets HTTP 429.
     pub max_connections_per_user: usize,
+    /// Rooms one `resume` may list; more is `bad_request`.
+    pub max_resume_rooms: usize,
     /// How often the server pings each connection.
     pub ping_interval_ms: u64,
     /// A connection that sends nothing (not even a pong) for this long is dropped as dead.
@@ -219,6 +221,7 @@ impl Default for LimitsConfig {
             max_bad_frames: 100,
             send_rate: 20,
             max_connections_per_user: 16,
+            max_resume_rooms: 1_000,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
         }
@@ -310,6 +313,7 @@ impl Config {
                 "limits.max_connections_per_user",
                 limits.max_connections_per_user,
             ),
+            ("limits.max_resume_rooms", limits.max_resume_rooms),
             ("history.default_last", self.history.default_last),
             ("rooms.max_in_memory", self.rooms.max_in_memory),
             ("storage.write_queue", self.storage.write_queue),

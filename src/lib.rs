@@ -27,6 +27,7 @@ pub mod error;
 mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod restore;
 mod service;
 pub mod storage;
 mod sync;

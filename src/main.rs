@@ -44,6 +44,18 @@ enum Command {
         #[structopt(long)]
         data: Option<PathBuf>,
     },
+    /// Puts a backup in place of the stopped server's data directory, with a new history
+    /// epoch (apps drop what they cached). The replaced directory is kept beside it.
+    Restore {
+        /// The backup: a directory `chat-engine backup` wrote. It is copied, not moved.
+        #[structopt(long)]
+        from: PathBuf,
+        #[structopt(long)]
+        config: Option<PathBuf>,
+        /// Data directory to replace (overrides storage.path).
+        #[structopt(long)]
+        data: Option<PathBuf>,
+    },
     /// Prints a token for a user, signed with the configured secret.
     Token {
         user: String,
@@ -114,6 +126,25 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "backup written to {} from {} (no server was running)",
                     to.display(),
                     config.storage.path.display()
+                ),
+            }
+            Ok(())
+        }
+        Command::Restore { from, config, data } => {
+            let config = load_config(config.as_ref(), data)?;
+            let restored = chat_engine::restore::restore(&config, &from)?;
+            let data = config.storage.path.display();
+            match restored.replaced {
+                Some(aside) => println!(
+                    "restored {} into {data} (history epoch {}); the data it replaced is in {}",
+                    from.display(),
+                    restored.epoch,
+                    aside.display()
+                ),
+                None => println!(
+                    "restored {} into {data} (history epoch {})",
+                    from.display(),
+                    restored.epoch
                 ),
             }
             Ok(())

@@ -684,3 +684,60 @@ fn a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed() {
     unloading.assert_same_as(&staying);
     common::room_script::assert_expected(&unloading);
 }
+
+/// History epochs in cluster mode: every node names the cluster's epoch (each data
+/// directory has its own, unused here), `resume` on one node catches up what another took,
+/// and a cluster re-seeded after Redis lost its data has a new epoch.
+#[test]
+fn every_node_names_the_cluster_epoch_and_resumes_what_another_took() {
+    if !available("every_node_names_the_cluster_epoch_and_resumes_what_another_took") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    a.create_room("r-ep", "driver");
+    a.add_member("r-ep", "rider");
+    for i in 1..=3 {
+        a.post_message("r-ep", json!({"text": format!("m{i}")}));
+    }
+    let epoch = a.rest("GET", "/v1/rooms/r-ep", None).1["epoch"].clone();
+    assert!(epoch.as_str().is_some_and(|e| !e.is_empty()), "{epoch}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rider = b.ws("rider");
+    let resumed = loop {
+        let frame = json!({"type": "resume", "rooms": {"r-ep": {"seq": 1, "epoch": epoch}}});
+        let reply = rider.request_ok(frame, "resumed");
+        if reply["rooms"][0]["last_seq"] == 3 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b never applied the messages"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        resumed["rooms"][0]["epoch"], epoch,
+        "the same epoch on every node"
+    );
+    assert_eq!(
+        seqs_of(&json!({"messages": resumed["messages"]["r-ep"]})),
+        [2, 3]
+    );
+    assert_eq!(resumed["reset"], json!([]));
+    drop(rider);
+
+    // Redis lost its data: the cluster is re-seeded with new nodes, and a new epoch.
+    let reseeded = RedisServer::start();
+    let c = Node::start(&reseeded.url(), false);
+    c.create_room("r-ep", "driver");
+    let fresh = c.rest("GET", "/v1/rooms/r-ep", None).1["epoch"].clone();
+    assert_ne!(fresh, epoch);
+    let mut driver = c.ws("driver");
+    let frame = json!({"type": "resume", "rooms": {"r-ep": {"seq": 3, "epoch": epoch}}});
+    let reply = driver.request_ok(frame, "resumed");
+    assert_eq!(reply["reset"], json!(["r-ep"]), "{reply}");
+}

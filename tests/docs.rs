@@ -184,32 +184,34 @@ fn node_path() -> PathBuf {
     )
 }
 
-#[test]
-fn the_demo_page_chats_between_two_browser_windows() {
-    let test = "the_demo_page_chats_between_two_browser_windows";
+/// Whether headless Chromium and playwright-core are here to drive the demo page with (a
+/// test without them says so and passes, unless CI requires them).
+fn browser_available(test: &str) -> bool {
     let mut chromium = Command::new("/usr/bin/chromium");
     chromium.arg("--version");
     let mut playwright = Command::new("node");
     playwright
         .args(["-e", "require('playwright-core')"])
         .env("NODE_PATH", node_path());
-    if !available(test, "chromium", chromium)
-        || !available(test, "node with playwright-core", playwright)
-    {
-        return;
-    }
-    let server = TestServer::start_with(|config| {
+    available(test, "chromium", chromium)
+        && available(test, "node with playwright-core", playwright)
+}
+
+/// A server on the development secret, so the demo page mints its own tokens.
+fn demo_server() -> TestServer {
+    TestServer::start_with(|config| {
         config.auth.jwt_secret = chat_engine::config::DEV_JWT_SECRET.to_owned();
-    });
-    server.create_room("route-1", "alice");
-    server.add_member("route-1", "bob");
-    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-e2e.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/demo.cjs");
+    })
+}
+
+/// Runs `tests/e2e/<script>` with node and `args`, asserting it succeeds.
+fn run_browser_script(script: &str, args: &[&std::ffi::OsStr]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(script);
     let out = Command::new("node")
         .arg(script)
-        .arg(format!("http://{}", server.addr))
-        .arg(&screenshot)
+        .args(args)
         .env("NODE_PATH", node_path())
         .output()
         .expect("run node");
@@ -219,6 +221,20 @@ fn the_demo_page_chats_between_two_browser_windows() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_demo_page_chats_between_two_browser_windows() {
+    if !browser_available("the_demo_page_chats_between_two_browser_windows") {
+        return;
+    }
+    let server = demo_server();
+    server.create_room("route-1", "alice");
+    server.add_member("route-1", "bob");
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-e2e.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let base = format!("http://{}", server.addr);
+    run_browser_script("demo.cjs", &[base.as_ref(), screenshot.as_ref()]);
     assert!(screenshot.exists(), "screenshot saved");
     // What the browsers did went through the server: the history has the four messages in
     // their current state, and the changes as messages of their own.
@@ -241,6 +257,22 @@ fn the_demo_page_chats_between_two_browser_windows() {
         changes.iter().map(|m| kind(m)).collect::<Vec<_>>(),
         ["edit", "reaction", "reaction", "reaction", "delete"]
     );
+}
+
+/// The demo page caches every room, resumes with it on every connection and reconnects by
+/// itself: after dropped connections it shows exactly the server's history, none twice, none
+/// missing (tests/e2e/demo-resume.cjs).
+#[test]
+fn the_demo_page_resumes_after_a_dropped_connection() {
+    if !browser_available("the_demo_page_resumes_after_a_dropped_connection") {
+        return;
+    }
+    let server = demo_server();
+    for room in ["route-1", "route-2", "route-old"] {
+        server.create_room(room, "alice");
+    }
+    let base = format!("http://{}", server.addr);
+    run_browser_script("demo-resume.cjs", &[base.as_ref(), server.api_key.as_ref()]);
 }
 
 /// The protocol document, whose WebSocket frames the server's must match.
@@ -344,6 +376,8 @@ fn the_protocol_docs_websocket_frames_are_the_servers() {
     let mut real = vec![
         alice.request(json!({"type": "rooms"})),
         bob.request(json!({"type": "send", "room_id": "route-42", "text": "On my way", "client_msg_id": "b7f3c2"})),
+        // Before the direct room: resume's maps are keyed by room id.
+        bob.request(json!({"type": "resume", "rooms": {"route-9": {"seq": 4, "epoch": "e"}}})),
         alice.request_ok(change(json!({"type": "edit", "text": "Pickup in 10"})), "sent"),
         bob.request_ok(change(json!({"type": "react", "reaction": "👍"})), "sent"),
         // The room's history now holds a target in its changed state, and the changes.

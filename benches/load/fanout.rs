@@ -55,7 +55,7 @@ struct Tally {
     first_error: RefCell<Option<String>>,
 }
 
-type Socket = WebSocketStream<TcpStream>;
+pub type Socket = WebSocketStream<TcpStream>;
 
 /// tungstenite zero-fills its whole read buffer before every read: at the default 128 KiB
 /// that memset was most of the load generator's CPU at moderate rates (a read then carries

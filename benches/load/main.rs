@@ -14,6 +14,7 @@ mod baseline;
 mod fanout;
 mod history;
 mod idle;
+mod resume;
 mod scale;
 mod target;
 
@@ -87,6 +88,11 @@ fn main() {
     if std::env::var_os("LOAD_IDLE").is_some() {
         let engine = idle::rss_per_connection(&Target::chat_engine(), 5_000);
         println!("3: RSS per idle connection (5000 connections): chat-engine {engine:.1} KiB");
+        return;
+    }
+    // LOAD_RESUME=1 measures only the app's start-up after time away (scenario 6).
+    if std::env::var_os("LOAD_RESUME").is_some() {
+        print_resume(&resume::run(&Target::chat_engine(), 100));
         return;
     }
     // LOAD_ONE=target,rooms,members,rate (rate 0: saturation) runs one measurement, for
@@ -198,6 +204,7 @@ fn main() {
         &ureq::Agent::new_with_defaults(),
         "chat_engine_ws_closes_total{code=\"1013\"}",
     );
+    let resumed = resume::run(&engine, 100);
     let single_node = rows
         .iter()
         .find(|row| row.scenario == "1: 100 rooms x 10, saturation")
@@ -224,6 +231,7 @@ fn main() {
         "3: RSS per idle connection ({IDLE} connections): chat-engine {engine_idle:.1} KiB, \
          baseline {bare_idle:.1} KiB"
     );
+    print_resume(&resumed);
     print_cluster_table(&cluster_rows, single_node);
 }
 
@@ -332,4 +340,24 @@ fn print_table(rows: &[Row], bare_rate: f64) {
             );
         }
     }
+}
+
+/// Scenario 6: `resume` against the v1 start-up on the same missed messages.
+fn print_resume(outcome: &resume::Outcome) {
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let (resume, v1) = (&outcome.resume_us, &outcome.v1_us);
+    println!(
+        "6: back after time away ({} rooms x {} missed messages, {} times): resume p50 {:.2} ms \
+         p99 {:.2} ms; v1 flow (rooms + {} pipelined syncs) p50 {:.2} ms p99 {:.2} ms; \
+         resume {:.1}x faster at p99",
+        resume::ROOMS,
+        resume::MISSED,
+        resume.len(),
+        ms(resume, 0.5),
+        ms(resume, 0.99),
+        resume::ROOMS,
+        ms(v1, 0.5),
+        ms(v1, 0.99),
+        ms(v1, 0.99) / ms(resume, 0.99)
+    );
 }

@@ -739,6 +739,10 @@ impl Authority for Arc<Cluster> {
     }
 
     /// Keeps the Redis connection up and applies every shard's log.
+    fn epoch(&self) -> Option<Arc<str>> {
+        lock(&self.epoch).as_deref().map(Arc::from)
+    }
+
     fn duties<'a>(&'a self, engine: &'a Engine) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let followers = (0..self.config.shards)

@@ -3,6 +3,8 @@
 //! the cluster module's implementation, which asks Redis. lib.rs picks one at start-up; the
 //! engine never knows which.
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 
 use super::change::{Decided, Proposal};
@@ -28,4 +30,10 @@ pub trait Authority: Send + Sync + 'static {
 
     /// Its background work, run for as long as the server runs; never returns.
     fn duties<'a>(&'a self, engine: &'a Engine) -> BoxFuture<'a, ()>;
+
+    /// The history epoch, when the authority names it (cluster mode: the cluster's data
+    /// set, the same on every node); otherwise the data directory's.
+    fn epoch(&self) -> Option<Arc<str>> {
+        None
+    }
 }

@@ -69,7 +69,7 @@ impl Engine {
     pub async fn room_view(&self, room_id: &RoomId) -> Result<RoomView, Error> {
         let room = self.open_room(room_id).await?;
         let state = room.state();
-        Ok(room.view(&state, None))
+        Ok(room.view(&state, None, self.epoch()))
     }
 
     /// `DELETE /v1/rooms/{id}`: closes a route room; every member gets `left`. Closing a

@@ -195,7 +195,7 @@ impl Engine {
                 state.committed.ts
             };
             if page.before_ts.is_none_or(|before| active < before) {
-                rooms.push((active, room.view(&state, Some(unread))));
+                rooms.push((active, room.view(&state, Some(unread), self.epoch())));
             }
         }
         rooms

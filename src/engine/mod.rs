@@ -24,6 +24,7 @@ pub mod membership;
 mod messages;
 mod records;
 mod resident;
+mod resume;
 mod retention;
 mod room;
 mod rules;
@@ -43,6 +44,7 @@ pub use events::{Event, Subscriber};
 pub use local::Local;
 pub use messages::{Accepted, RoomsList, Sent};
 use resident::Resident;
+pub use resume::Resumed;
 pub use room::Stamp;
 pub use rules::Verdict;
 
@@ -70,6 +72,8 @@ struct Shared {
     subscribers: Vec<Arc<dyn Subscriber>>,
     /// The rooms in use; the others are on disk only.
     resident: Resident,
+    /// The data directory's history epoch.
+    epoch: Arc<str>,
     connections: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Serialises creating and closing rooms, which consult disk tombstones and allocate
@@ -89,6 +93,7 @@ impl Engine {
         authority: Arc<dyn Authority>,
     ) -> Result<Engine, StorageError> {
         let next_room_number = storage.next_room_number()?;
+        let epoch = storage.epoch()?.into();
         let metrics = Metrics::new();
         let writer = Writer::start(
             storage.clone(),
@@ -112,6 +117,7 @@ impl Engine {
                 authority,
                 subscribers,
                 resident: Resident::new(),
+                epoch,
                 connections,
                 metrics,
                 lifecycle: Mutex::new(()),
@@ -137,6 +143,12 @@ impl Engine {
     /// is reachable and this node is caught up) (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.inner.authority.is_ready() && self.inner.storage_ok.load(Ordering::Relaxed)
+    }
+
+    /// The history epoch every Room object and `sync` reply carries.
+    pub fn epoch(&self) -> Arc<str> {
+        let named = self.inner.authority.epoch();
+        named.unwrap_or_else(|| self.inner.epoch.clone())
     }
 
     /// The authority's background duties (cluster mode: keeping Redis connected and

@@ -146,8 +146,9 @@ impl Room {
         }
     }
 
-    /// The room as clients see it; `unread` only for `rooms` replies.
-    pub fn view(&self, state: &RoomState, unread: Option<u64>) -> RoomView {
+    /// The room as clients see it under history epoch `epoch`; `unread` only for `rooms`
+    /// replies.
+    pub fn view(&self, state: &RoomState, unread: Option<u64>, epoch: Arc<str>) -> RoomView {
         RoomView {
             room_id: self.id.clone(),
             kind: self.kind,
@@ -157,6 +158,7 @@ impl Room {
             last_seq: state.committed.seq,
             last_ts: state.committed.ts,
             unread,
+            epoch,
         }
     }
 }

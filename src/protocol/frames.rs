@@ -1,5 +1,6 @@
 //! WebSocket frames: parsing client requests, and the server frames (replies and pushes).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,41 @@ pub enum RequestBody {
     Typing {
         room_id: RoomId,
     },
+    Resume(Resume),
     Ping,
+}
+
+/// `resume`: the rooms the app has cached, each with the last seq it holds and the epoch it
+/// was cached under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Resume {
+    #[serde(default)]
+    pub rooms: BTreeMap<RoomId, Cached>,
+    /// Messages per room at most (default [`DEFAULT_RESUME_LIMIT`], capped at
+    /// [`MAX_SYNC_LIMIT`]).
+    pub limit: Option<usize>,
+}
+
+/// What the app holds of one room.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Cached {
+    pub seq: u64,
+    pub epoch: String,
+}
+
+/// Messages per room a `resume` with no `limit` returns.
+pub const DEFAULT_RESUME_LIMIT: usize = 100;
+
+impl Resume {
+    /// Refuses a zero limit; caps it at [`MAX_SYNC_LIMIT`].
+    fn validated(mut self) -> Result<Self, Error> {
+        self.limit = Some(match self.limit {
+            Some(0) => return Err(Error::BadRequest("limit must be at least 1".into())),
+            Some(limit) => limit.min(MAX_SYNC_LIMIT),
+            None => DEFAULT_RESUME_LIMIT,
+        });
+        Ok(self)
+    }
 }
 
 /// Which of the user's rooms a `rooms` request wants: all of them (v1), or a page.
@@ -290,6 +325,9 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
         "typing" => {
             fields::<RoomOnly>(text, &kind).map(|f| RequestBody::Typing { room_id: f.room_id })
         }
+        "resume" => fields::<Resume>(text, &kind)
+            .and_then(Resume::validated)
+            .map(RequestBody::Resume),
         other => Err(Error::BadRequest(format!("unknown frame type {other:?}"))),
     };
     match body {
@@ -320,6 +358,16 @@ pub enum ServerFrame<'a> {
         room_id: &'a RoomId,
         messages: &'a [Arc<Message>],
         has_more: bool,
+        epoch: &'a str,
+    },
+    Resumed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        rooms: &'a [RoomView],
+        messages: &'a BTreeMap<RoomId, Vec<Arc<Message>>>,
+        has_more: &'a BTreeMap<RoomId, bool>,
+        reset: &'a [RoomId],
+        left: &'a [RoomId],
     },
     Sent {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -416,6 +464,8 @@ mod tests {
             r#"{"type":"edit","room_id":"r","seq":3,"text":"new","data":{"a":1}}"#,
             r#"{"type":"delete","room_id":"r","seq":3}"#,
             r#"{"type":"react","room_id":"r","seq":3,"reaction":"👍","removed":true}"#,
+            r#"{"type":"resume","rooms":{"r":{"seq":3,"epoch":"e"}},"limit":1000}"#,
+            r#"{"type":"resume"}"#,
         ];
         for text in cases {
             assert!(parse_request(text).is_ok(), "{text}");
@@ -428,6 +478,15 @@ mod tests {
             panic!("not a send")
         };
         assert_eq!(message.data.unwrap().get(), r#"{"k":1}"#);
+        let limit_of = |text: &str| match parse_request(text).map(|r| r.body) {
+            Ok(RequestBody::Resume(resume)) => resume.limit,
+            _ => None,
+        };
+        assert_eq!(
+            limit_of(r#"{"type":"resume","limit":1000}"#),
+            Some(MAX_SYNC_LIMIT)
+        );
+        assert_eq!(limit_of(r#"{"type":"resume"}"#), Some(DEFAULT_RESUME_LIMIT));
     }
 
     #[test]

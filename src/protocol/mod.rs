@@ -4,12 +4,14 @@
 mod frames;
 mod ids;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use frames::{
-    encode, parse_request, Frame, HistoryQuery, Request, RequestBody, RequestId, RoomsPage,
-    ServerFrame, MAX_ROOMS_LIMIT,
+    encode, parse_request, Cached, Frame, HistoryQuery, Request, RequestBody, RequestId, Resume,
+    RoomsPage, ServerFrame, DEFAULT_RESUME_LIMIT, MAX_ROOMS_LIMIT,
 };
 pub use ids::{Id, RoomId, UserId, MAX_ID_BYTES};
 
@@ -191,6 +193,10 @@ pub struct RoomView {
     /// Only in `rooms` replies: messages after the user's read marker not sent by the user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
+    /// The history epoch: a client that cached the room's history under another one drops
+    /// that cache.
+    #[schema(value_type = String)]
+    pub epoch: Arc<str>,
 }
 
 /// What a user or RouteAPI asks to post; validated by [`NewMessage::validate`].

@@ -22,7 +22,8 @@ pub enum Cf {
     Dedup,
     /// user id 0xFF room id -> `ReadRecord` (last read seq and the member's counts).
     Reads,
-    /// `META_*` keys: schema version (u32), room-number counter (u64); and
+    /// `META_*` keys: schema version (u32), room-number counter (u64), history epoch
+    /// (string); and
     /// `purged` 0xFF room number (u64 BE) -> `StampRecord`, the newest message retention
     /// deleted, so a room whose every message expired still knows its last seq and ts;
     /// `membership` 0xFF room number (u64 BE) -> u64, when a member last joined or left
@@ -73,6 +74,9 @@ pub const SEP: u8 = 0xFF;
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 /// `meta`: the number the next new room gets (u64).
 pub const META_NEXT_ROOM_NUMBER: &[u8] = b"next_room_number";
+
+/// `meta`: the history epoch (a string), new after a restore.
+pub const META_EPOCH: &[u8] = b"epoch";
 
 /// `meta`: which Redis data set the cluster positions belong to (a string).
 pub const META_CLUSTER_EPOCH: &[u8] = b"cluster_epoch";
@@ -284,6 +288,7 @@ mod tests {
             META_SCHEMA_VERSION,
             META_NEXT_ROOM_NUMBER,
             META_CLUSTER_EPOCH,
+            META_EPOCH,
         ];
         for key in [cluster_position(0), purged(0)] {
             for other in singles {

@@ -145,7 +145,27 @@ impl Storage {
             fail_writes: std::sync::atomic::AtomicBool::new(false),
         };
         storage.upgrade_schema()?;
+        if storage.get::<String>(Cf::Meta, keys::META_EPOCH)?.is_none() {
+            storage.renew_epoch()?;
+        }
         Ok(storage)
+    }
+
+    /// The history epoch of this data directory: named at its creation, renamed by
+    /// `chat-engine restore`. Clients that cached history under another epoch drop it.
+    pub fn epoch(&self) -> Result<String, StorageError> {
+        self.get::<String>(Cf::Meta, keys::META_EPOCH)?
+            .ok_or_else(|| StorageError::Corrupt {
+                cf: Cf::Meta.name(),
+                reason: "no history epoch".into(),
+            })
+    }
+
+    /// Gives the data directory a new history epoch (8 hex digits) and returns it.
+    pub fn renew_epoch(&self) -> Result<String, StorageError> {
+        let epoch = format!("{:08x}", fastrand::u32(..));
+        self.write(&[KeyWrite::put(Cf::Meta, keys::META_EPOCH, &epoch)], true)?;
+        Ok(epoch)
     }
 
     /// Writes a consistent copy of the whole database to `dir`, which must not exist yet: a

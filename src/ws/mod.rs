@@ -253,6 +253,7 @@ async fn handle<'a>(
                     room_id: &room_id,
                     messages: &page.messages,
                     has_more: page.has_more,
+                    epoch: &engine.epoch(),
                 })
             }),
         RequestBody::Direct { user_id } => engine.open_direct(user, &user_id).await.map(|room| {
@@ -265,6 +266,16 @@ async fn handle<'a>(
             .mark_read(user, &room_id, seq)
             .await
             .map(|()| encode(&ServerFrame::Ok { id: id.as_ref() })),
+        RequestBody::Resume(resume) => engine.resume(user, &resume).await.map(|resumed| {
+            encode(&ServerFrame::Resumed {
+                id: id.as_ref(),
+                rooms: &resumed.rooms,
+                messages: &resumed.messages,
+                has_more: &resumed.has_more,
+                reset: &resumed.reset,
+                left: &resumed.left,
+            })
+        }),
         RequestBody::Typing { room_id } => match engine.typing(user, &room_id).await {
             Ok(()) => return ready(None),
             Err(error) => Err(error),

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{find_room, Endpoint};
 
-/// What the script saw, timestamps removed (two servers never agree on them).
+/// What the script saw, timestamps and epochs removed (two servers never agree on them).
 pub struct Seen(pub Vec<Value>);
 
 /// Runs the script: RouteAPI calls go to `rest`, the apps connect to `ws` (in cluster mode,
@@ -17,7 +17,7 @@ pub struct Seen(pub Vec<Value>);
 /// script's room out of a small `rooms.max_in_memory`.
 pub fn run(rest: &Endpoint, ws: &Endpoint) -> Seen {
     let mut seen = Vec::new();
-    let mut note = |value: Value| seen.push(without_ts(value));
+    let mut note = |value: Value| seen.push(comparable(value));
     let churn = || {
         for endpoint in [rest, ws] {
             for room in ["elsewhere-1", "elsewhere-2"] {
@@ -148,16 +148,16 @@ fn wait_until_open(endpoint: &Endpoint, room: &str) {
     }
 }
 
-/// `value` with every `ts` and `*_ts` field removed, at any depth.
-fn without_ts(value: Value) -> Value {
+/// `value` with every `ts`, `*_ts` and `epoch` field removed, at any depth.
+fn comparable(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.into_iter()
-                .filter(|(key, _)| key != "ts" && !key.ends_with("_ts"))
-                .map(|(key, value)| (key, without_ts(value)))
+                .filter(|(key, _)| key != "ts" && key != "epoch" && !key.ends_with("_ts"))
+                .map(|(key, value)| (key, comparable(value)))
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.into_iter().map(without_ts).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(comparable).collect()),
         other => other,
     }
 }

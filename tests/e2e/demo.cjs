@@ -3,7 +3,7 @@
 // alice edits a message and bob sees the new text marked "(edited)"; reactions show as chips
 // on both sides and toggle; alice deletes a message while bob is in another room, and bob
 // finds it deleted (with the deletion not counted as unread); bob has no Edit/Delete on
-// alice's messages; and a fresh page (history from `sync`) shows the same, with no change
+// alice's messages; and a fresh page (history from `resume`) shows the same, with no change
 // message as a bubble of its own.
 // Usage: node demo.cjs BASE_URL SCREENSHOT_PATH   (playwright-core on NODE_PATH)
 "use strict";
@@ -125,7 +125,7 @@ async function signIn(browser, user) {
     await expectCount(bob, `${firstItem} .picker`, 0, "reactions on a deleted message");
     await expectCount(bob, "#messages li", 4, "bob's bubbles after the deletion");
 
-    // A fresh page gets the room from `sync`: targets in their current state, changes not shown.
+    // A fresh page gets the room from `resume`: targets in their current state, changes not shown.
     const again = await signIn(browser, "alice");
     await again.click('#rooms li[data-room="route-1"]');
     await again.waitForSelector('#messages li:has-text("one more")');
@@ -133,7 +133,7 @@ async function signIn(browser, user) {
     await again.waitForSelector(`${helloItem} .text:text-is("hello bob, how are you?")`);
     await again.waitForSelector(`${helloItem} .edited-mark`);
     await again.waitForSelector(`${helloItem} .chip[data-reaction="👍"][data-count="1"]:not(.reacted)`);
-    await expectCount(again, "#messages li", 4, "bubbles after a sync");
+    await expectCount(again, "#messages li", 4, "bubbles after a resume");
     await again.close();
 
     await bob.screenshot({ path: screenshot, fullPage: true });

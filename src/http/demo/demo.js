@@ -1,11 +1,23 @@
 // chat-engine's demo client: plain JavaScript over the WebSocket protocol
-// (docs/protocol.md). It lists rooms with unread counts, syncs the room you pick, shows
+// (docs/protocol.md). It lists rooms with unread counts, shows the room you pick with its
 // messages and typing live, sends, edits, deletes and reacts, and opens direct chats.
+//
+// It keeps a cache of every room's history, in memory and in localStorage (per user), and
+// starts every connection with one `resume` that lists what the cache holds: the reply
+// brings what the page missed, room by room, and where a room has more than one reply's
+// worth the page goes on with `sync` `since_seq`. When the connection drops, the page
+// reconnects by itself, with exponential backoff and full jitter, and resumes again.
+//
+// A room's cache is gapless: it holds the messages from the first one the page has up to
+// `lastSeq`, and a pushed message is taken in only as seq `lastSeq + 1`. A push from further
+// on (it arrived while a catch-up was still fetching the messages before it) waits in
+// `ahead` until the gap is filled. So no message shows twice, out of order, or with a hole
+// before it.
 //
 // Edits, deletes and reactions are messages of their own (`kind` edit/delete/reaction,
 // `target_seq`): the page never shows them as bubbles but applies each one, once, to its
-// target. History (`sync`) returns targets in their current state, so the changes a sync
-// reply holds are only marked as applied.
+// target. History (`resume`, `sync`) returns targets in their current state, so a change in
+// the same history page as its target is already in it and is not applied again.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,18 +25,50 @@ const $ = (id) => document.getElementById(id);
 const CHANGE_KINDS = new Set(["edit", "delete", "reaction"]);
 const PICKER = ["👍", "❤️", "😂"];
 
+const PAGE_LIMIT = 100; // messages per room in a `resume` reply, and per `sync` catch-up page
+const STORED_PER_ROOM = 200; // the latest messages of a room that localStorage keeps
+const MAX_RESUME_ROOMS = 1000; // limits.max_resume_rooms; a room left out is fetched anew
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 30_000;
+
 const state = {
   me: null,
+  token: null,
   socket: null,
+  everOpened: false, // a connection that never opened is a refused sign-in, not a drop
+  attempt: 0, // reconnects since the last `resumed` reply
   nextId: 1,
   pending: new Map(), // request id -> { resolve, reject }
   rooms: new Map(), // room id -> Room (with `unread`)
-  history: new Map(), // room id -> { messages: Map(seq -> message), applied: Set(change seqs) }, once synced
-  syncing: new Map(), // room id -> messages pushed while its sync is in flight
+  history: new Map(), // room id -> the room's cache (see newHistory)
+  held: null, // while a `resume` is in flight: the pushes that arrived meanwhile
+  catchingUp: new Map(), // room id -> { socket, done } of the catch-up in flight
   current: null,
   editing: null, // { roomId, seq, draft, saving } while an inline edit is open
   typingTimers: new Map(), // user id -> timer that clears their typing line
   lastTypingSent: 0,
+  saveTimer: null,
+};
+
+// For tests, and for trying reconnects by hand from the browser console. The holds let a
+// test act at a given point: while one is true, that step waits.
+const debug = {
+  sent: [], // the frames the page sent, oldest first (the last 500)
+  received: [], // the frames it received, likewise
+  resumed: [], // of every `resumed` reply: { reset, left, has_more }
+  reconnects: [], // every reconnect scheduled: { attempt, capMs, delayMs }
+  hold: false, // a reconnect that is due waits
+  holdResume: false, // a connection that opened waits before it sends `resume`
+  holdCatchUp: false, // a catch-up waits before each `sync`
+  pageLimit: PAGE_LIMIT, // lower it to watch `resume` + `sync` paging with a few messages
+};
+const whileHeld = async (hold) => {
+  while (debug[hold]) await new Promise((resolve) => setTimeout(resolve, 20));
+};
+window.demoDebug = debug;
+// Closes the connection the way a network failure would; the page reconnects by itself.
+window.demoDropConnection = () => {
+  if (state.socket) state.socket.close(4000, "demoDropConnection()");
 };
 
 const kindOf = (message) => message.kind || "text";
@@ -47,12 +91,20 @@ async function start() {
     });
     const body = await reply.json();
     if (!reply.ok) return showLoginError(body.message);
-    connect(body.token);
+    signIn(body.token);
   });
   $("paste").addEventListener("submit", (event) => {
     event.preventDefault();
-    connect($("paste-token").value.trim());
+    signIn($("paste-token").value.trim());
   });
+}
+
+function signIn(token) {
+  state.me = userOfToken(token);
+  if (!state.me) return showLoginError("That is not a JWT with a `sub`.");
+  state.token = token;
+  loadCache();
+  connect();
 }
 
 function showLoginError(text) {
@@ -70,37 +122,83 @@ function userOfToken(token) {
 
 // --- Connection ------------------------------------------------------------------------
 
-function connect(token) {
-  state.me = userOfToken(token);
-  if (!state.me) return showLoginError("That is not a JWT with a `sub`.");
+function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${location.host}/v1/ws?token=${encodeURIComponent(token)}`);
+  const socket = new WebSocket(`${scheme}//${location.host}/v1/ws?token=${encodeURIComponent(state.token)}`);
   state.socket = socket;
-  socket.onopen = async () => {
-    $("login").hidden = true;
-    $("chat").hidden = false;
-    $("whoami").hidden = false;
-    $("me").textContent = state.me;
-    setStatus("connected");
-    const reply = await request({ type: "rooms" });
-    for (const room of reply.rooms) state.rooms.set(room.room_id, room);
-    renderRooms();
+  setStatus("connecting", "connecting…");
+  socket.onopen = () => {
+    if (!state.everOpened) {
+      state.everOpened = true;
+      $("login").hidden = true;
+      $("chat").hidden = false;
+      $("whoami").hidden = false;
+      $("me").textContent = state.me;
+    }
+    resume(socket);
   };
-  socket.onmessage = (event) => receive(JSON.parse(event.data));
+  // A socket that was replaced (closed, then reconnected) has nothing more to say.
+  socket.onmessage = (event) => {
+    if (state.socket !== socket) return;
+    const frame = JSON.parse(event.data);
+    debug.received.push(frame);
+    if (debug.received.length > 500) debug.received.shift();
+    receive(frame);
+  };
   socket.onclose = (event) => {
-    if ($("chat").hidden) return showLoginError(`The server refused the connection (${event.code}).`);
-    setStatus(`disconnected (${event.code}); reload to reconnect`);
+    if (state.socket !== socket) return;
+    state.socket = null;
+    // Pushes held for a `resume` that will not be answered are dropped: the cache did not
+    // move past them, so the next connection's `resume` brings them again.
+    state.held = null;
+    for (const { reject } of state.pending.values()) reject(disconnected("the connection was lost"));
+    state.pending.clear();
+    if (!state.everOpened) return showLoginError(`The server refused the connection (${event.code}).`);
+    scheduleReconnect(event.code);
   };
 }
 
-function setStatus(text) {
+// Exponential backoff with full jitter (docs/protocol.md, "Resume"): wait a random time
+// between 0 and min(30 s, 500 ms × 2^attempt), so that after a server restart its apps do
+// not all come back at once. `attempt` goes back to 0 only on a `resumed` reply, so a
+// connection that opens and fails straight away still backs off further. (A browser does
+// not tell a refused token from a network failure, so an expired token retries too.)
+function scheduleReconnect(code) {
+  const capMs = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+  const delayMs = Math.random() * capMs;
+  debug.reconnects.push({ attempt: state.attempt, capMs, delayMs });
+  state.attempt = Math.min(state.attempt + 1, 20); // far past the cap already
+  setStatus("reconnecting", `disconnected (${code}); reconnecting in ${(delayMs / 1000).toFixed(1)} s…`);
+  setTimeout(function due() {
+    if (debug.hold) return setTimeout(due, 50);
+    connect();
+  }, delayMs);
+}
+
+function setStatus(name, text) {
+  $("status").dataset.state = name;
   $("status").textContent = text;
 }
 
+function disconnected(text) {
+  const error = new Error(text);
+  error.code = "disconnected";
+  return error;
+}
+
+function sendFrame(socket, frame) {
+  debug.sent.push(frame);
+  if (debug.sent.length > 500) debug.sent.shift();
+  socket.send(JSON.stringify(frame));
+}
+
 function request(frame) {
+  const socket = state.socket;
+  if (!socket || socket.readyState !== WebSocket.OPEN) return Promise.reject(disconnected("not connected; reconnecting…"));
   const id = `r${state.nextId++}`;
-  state.socket.send(JSON.stringify({ ...frame, id }));
-  return new Promise((resolve, reject) => state.pending.set(id, { resolve, reject }));
+  const reply = new Promise((resolve, reject) => state.pending.set(id, { resolve, reject }));
+  sendFrame(socket, { ...frame, id });
+  return reply;
 }
 
 function receive(frame) {
@@ -112,15 +210,23 @@ function receive(frame) {
     error.code = frame.code;
     return reject(error);
   }
+  // Pushes start as soon as the connection opens, before the `resume` reply: they wait for
+  // it and are then merged into the cache it brings, by seq.
+  if (state.held) return void state.held.push(frame);
   switch (frame.type) {
     case "message":
       return onMessage(frame.message);
-    case "joined":
+    case "joined": {
+      // A `joined` held during a resume may name a room its reply already brought.
+      if (state.rooms.has(frame.room.room_id)) return;
       state.rooms.set(frame.room.room_id, { ...frame.room, unread: 0 });
-      return renderRooms();
+      renderRooms();
+      return void catchUp(frame.room.room_id);
+    }
     case "left":
       state.rooms.delete(frame.room_id);
       state.history.delete(frame.room_id);
+      saveSoon();
       if (state.current === frame.room_id) selectRoom(null);
       return renderRooms();
     case "member_joined":
@@ -148,26 +254,215 @@ function clearRoomError() {
   $("room-error").textContent = "";
 }
 
-// --- The model of a room's history -----------------------------------------------------
+// --- Resume ----------------------------------------------------------------------------
 
-// Puts one message into a synced room's history. Returns the message to (re)render: the new
-// message itself, the target a change changed, or null when nothing visible changed.
-function ingest(history, message) {
-  if (isChange(message)) {
-    if (history.applied.has(message.seq)) return null;
-    history.applied.add(message.seq);
-    const target = history.messages.get(message.target_seq);
-    if (!target) return null; // older than what the page loaded: nothing to show
-    applyChange(target, message);
-    return target;
+// The start of every connection: one `resume` with the seq and epoch of every room cached,
+// then `sync` for the rooms that have more, then live pushes.
+async function resume(socket) {
+  setStatus("resuming", "connected; catching up…");
+  state.held = [];
+  await whileHeld("holdResume");
+  if (state.socket !== socket) return;
+  const listed = {};
+  let count = 0;
+  for (const [roomId, history] of state.history) {
+    if (history.lastSeq === null || !history.epoch) continue;
+    if (count++ === MAX_RESUME_ROOMS) break;
+    listed[roomId] = { seq: history.lastSeq, epoch: history.epoch };
   }
-  // A message the page has already keeps the state its changes gave it.
-  if (history.messages.has(message.seq)) return null;
-  history.messages.set(message.seq, message);
-  return message;
+  let reply;
+  try {
+    reply = await request({ type: "resume", rooms: listed, limit: debug.pageLimit });
+  } catch (error) {
+    if (state.socket !== socket) return; // dropped meanwhile: the next connection resumes
+    // Refused (a bad cache, the server unavailable): start over from nothing next time.
+    showRoomError(error);
+    state.history.clear();
+    saveCache();
+    return socket.close(4001, "resume refused");
+  }
+  if (state.socket !== socket) return;
+  state.attempt = 0;
+  const more = applyResumed(reply, listed);
+  const held = state.held;
+  state.held = null;
+  for (const frame of held) receive(frame);
+  afterResume();
+  await Promise.all(more.map(catchUp));
+  if (state.socket === socket) setStatus("connected", "connected");
 }
 
-// The effect of a change on its target (PROTOCOL.md, "Message changes"). Applying a change
+// Applies a `resumed` reply: drops the rooms left, starts the rooms reset or not cached over
+// from the latest messages it brings, and appends what it brings to the others. Returns the
+// rooms that have more to fetch.
+function applyResumed(reply, listed) {
+  debug.resumed.push({ reset: reply.reset, left: reply.left, has_more: reply.has_more });
+  const reset = new Set(reply.reset);
+  const rooms = new Map(reply.rooms.map((room) => [room.room_id, room]));
+  // `left` names the listed rooms the user is no longer in; any other room the reply does
+  // not list (one joined since the last connection, not cached yet) is gone as well.
+  for (const roomId of [...state.history.keys()]) if (!rooms.has(roomId)) state.history.delete(roomId);
+  state.rooms = rooms;
+  const more = [];
+  for (const room of reply.rooms) {
+    const roomId = room.room_id;
+    const messages = reply.messages[roomId] || [];
+    const history = state.history.get(roomId);
+    if (history && listed[roomId] && !reset.has(roomId)) {
+      applyPage(roomId, history, messages); // what came after the seq the page listed
+      if (reply.has_more[roomId]) more.push(roomId);
+    } else {
+      // Not cached, or cached from another history: the latest messages replace the cache.
+      // (Their `has_more` says older messages exist, which the demo does not fetch.)
+      const fresh = newHistory();
+      state.history.set(roomId, fresh);
+      loadLatest(roomId, fresh, room.epoch, messages);
+    }
+  }
+  saveSoon();
+  return more;
+}
+
+function afterResume() {
+  if (state.current && !state.rooms.has(state.current)) selectRoom(null);
+  renderTitle();
+  renderMessages();
+  markRead();
+  renderRooms();
+}
+
+// --- The cache of a room's history -----------------------------------------------------
+
+// `messages`: seq -> message, every message from the first one the page has up to
+// `lastSeq`, with the changes up to there applied (the changes themselves are not kept).
+// `ahead`: seq -> pushed message beyond `lastSeq + 1`, waiting for the ones before it.
+// `lastSeq` null: nothing loaded yet, so every push waits. `epoch`: the history the seqs
+// belong to (docs/protocol.md, "History epochs").
+function newHistory() {
+  return { epoch: null, lastSeq: null, messages: new Map(), ahead: new Map() };
+}
+
+// The latest messages of a room (from a `resume` reset or a `sync` with no cursor) as the
+// start of its cache. With none (a new room, or one retention emptied), the cache starts at
+// the room's last seq.
+function loadLatest(roomId, history, epoch, messages) {
+  const room = state.rooms.get(roomId);
+  history.epoch = epoch;
+  history.lastSeq = messages.length ? messages[0].seq - 1 : (room && room.last_seq) || 0;
+  history.messages.clear();
+  applyPage(roomId, history, messages);
+}
+
+// Appends a history page (the messages after `lastSeq`, oldest first) to a room's cache.
+// The page's messages are in their current state, so a change whose target is in the same
+// page is already in it; a change to an earlier message the cache holds is applied to it.
+function applyPage(roomId, history, messages) {
+  const inPage = new Set(messages.filter((m) => !isChange(m)).map((m) => m.seq));
+  for (const message of messages) {
+    if (message.seq <= history.lastSeq) continue; // held already
+    append(roomId, history, message, !inPage.has(message.target_seq));
+  }
+  drain(roomId, history);
+}
+
+// Takes in one pushed message. Returns the messages to (re)render.
+function ingest(roomId, history, message) {
+  if (history.lastSeq !== null && message.seq <= history.lastSeq) return []; // held already
+  if (history.lastSeq === null || message.seq > history.lastSeq + 1) {
+    history.ahead.set(message.seq, message); // wait for the messages before it
+    return [];
+  }
+  return [append(roomId, history, message, true), ...drain(roomId, history)].filter(Boolean);
+}
+
+// Takes in the waiting pushes that now follow on, and drops those a page brought already.
+function drain(roomId, history) {
+  const shown = [];
+  if (history.lastSeq === null) return shown;
+  for (const seq of [...history.ahead.keys()]) if (seq <= history.lastSeq) history.ahead.delete(seq);
+  while (history.ahead.has(history.lastSeq + 1)) {
+    const next = history.ahead.get(history.lastSeq + 1);
+    history.ahead.delete(next.seq);
+    shown.push(append(roomId, history, next, true));
+  }
+  return shown.filter(Boolean);
+}
+
+// Puts the message that follows `lastSeq` into the cache: a message is kept, a change is
+// applied to its target (when `apply`, and when the cache holds the target). Returns what
+// to (re)render: the message, the changed target, or null.
+function append(roomId, history, message, apply) {
+  history.lastSeq = message.seq;
+  noteInRoom(roomId, message);
+  if (!isChange(message)) {
+    history.messages.set(message.seq, message);
+    return message;
+  }
+  const target = history.messages.get(message.target_seq);
+  if (!target || !apply) return null; // older than the cache, or already in its target
+  applyChange(target, message);
+  return target;
+}
+
+// Moves a room's last seq and ts on. A message beyond the room's `last_seq` is one its
+// `unread` (as the server counted it) does not include yet.
+function noteInRoom(roomId, message) {
+  const room = state.rooms.get(roomId);
+  if (!room || message.seq <= room.last_seq) return;
+  room.last_seq = message.seq;
+  room.last_ts = Math.max(room.last_ts || 0, message.ts);
+  if (roomId !== state.current && message.sender !== state.me && countsAsUnread(message)) {
+    room.unread = (room.unread || 0) + 1;
+  }
+}
+
+// localStorage keeps each user's cache across reloads: `resume` then brings only what came
+// since. Writes are batched; a full or disabled storage leaves the cache in memory only.
+const storageKey = () => `chat-engine-demo:${state.me}`;
+
+function loadCache() {
+  state.history = new Map();
+  let stored = null;
+  try {
+    stored = JSON.parse(localStorage.getItem(storageKey()));
+  } catch {
+    return;
+  }
+  if (!stored || stored.version !== 1) return;
+  for (const [roomId, room] of Object.entries(stored.rooms || {})) {
+    if (typeof room.epoch !== "string" || !Number.isInteger(room.lastSeq) || !Array.isArray(room.messages)) continue;
+    const history = newHistory();
+    history.epoch = room.epoch;
+    history.lastSeq = room.lastSeq;
+    for (const message of room.messages) history.messages.set(message.seq, message);
+    state.history.set(roomId, history);
+  }
+}
+
+function saveSoon() {
+  if (!state.saveTimer) state.saveTimer = setTimeout(saveCache, 300);
+}
+
+function saveCache() {
+  clearTimeout(state.saveTimer);
+  state.saveTimer = null;
+  if (!state.me) return;
+  const rooms = {};
+  for (const [roomId, history] of state.history) {
+    if (history.lastSeq === null || !history.epoch) continue;
+    const messages = [...history.messages.values()].slice(-STORED_PER_ROOM);
+    rooms[roomId] = { epoch: history.epoch, lastSeq: history.lastSeq, messages };
+  }
+  try {
+    localStorage.setItem(storageKey(), JSON.stringify({ version: 1, rooms }));
+  } catch {
+    // Full or disabled: the cache lives on in memory.
+  }
+}
+
+addEventListener("pagehide", saveCache);
+
+// The effect of a change on its target (docs/protocol.md, "Message changes"). Applying a change
 // whose effect is already there changes nothing.
 function applyChange(target, change) {
   switch (kindOf(change)) {
@@ -201,40 +496,77 @@ function applyChange(target, change) {
   }
 }
 
-// A sync reply replaces the page's copy of a room: its targets are in their current state,
-// so the changes it holds are marked as applied, not applied again. Messages pushed while the
-// sync was in flight and missing from the reply are applied on top.
-function loadHistory(roomId, messages, pushedMeanwhile) {
-  const history = { messages: new Map(), applied: new Set() };
-  const inReply = new Set();
-  for (const message of messages) {
-    inReply.add(message.seq);
-    if (isChange(message)) history.applied.add(message.seq);
-    else history.messages.set(message.seq, message);
-  }
-  for (const message of pushedMeanwhile) if (!inReply.has(message.seq)) ingest(history, message);
-  state.history.set(roomId, history);
-}
-
 // --- Rooms and messages ----------------------------------------------------------------
 
 function onMessage(message) {
-  const room = state.rooms.get(message.room_id);
-  if (room) {
-    room.last_seq = Math.max(room.last_seq || 0, message.seq);
-    room.last_ts = Math.max(room.last_ts || 0, message.ts);
-  }
-  const history = state.history.get(message.room_id);
-  const shown = history ? ingest(history, message) : null;
-  if (!history && state.syncing.has(message.room_id)) state.syncing.get(message.room_id).push(message);
-  if (state.current === message.room_id) {
+  const roomId = message.room_id;
+  if (!state.rooms.has(roomId)) return;
+  if (!state.history.has(roomId)) state.history.set(roomId, newHistory());
+  const history = state.history.get(roomId);
+  const shown = ingest(roomId, history, message);
+  // Pushes come in seq order, from the moment the connection opens: one waits only while a
+  // catch-up fetches what came before it. Should one wait otherwise, fetch the gap.
+  if (history.ahead.size) catchUp(roomId);
+  if (state.current === roomId) {
     if (!isChange(message)) clearTyping(message.sender);
-    if (shown) renderMessage(shown);
-    markRead();
-  } else if (room && message.sender !== state.me && countsAsUnread(message)) {
-    room.unread = (room.unread || 0) + 1;
+    for (const each of shown) renderMessage(each);
+    if (shown.length) markRead();
   }
   renderRooms();
+  if (shown.length) saveSoon();
+}
+
+// Fetches what a room's cache lacks, with `sync`: its latest messages when it has none
+// yet, then the pages after `lastSeq` while the server has more or pushes wait in `ahead`.
+// One catch-up per room at a time: callers share the one in flight.
+function catchUp(roomId) {
+  const running = state.catchingUp.get(roomId);
+  if (running && running.socket === state.socket) return running.done;
+  if (!state.history.has(roomId)) state.history.set(roomId, newHistory());
+  const entry = { socket: state.socket, done: null };
+  entry.done = fetchMissing(roomId, entry.socket).finally(() => {
+    if (state.catchingUp.get(roomId) === entry) state.catchingUp.delete(roomId);
+  });
+  state.catchingUp.set(roomId, entry);
+  return entry.done;
+}
+
+async function fetchMissing(roomId, socket) {
+  try {
+    for (;;) {
+      const history = state.history.get(roomId);
+      if (!history || state.socket !== socket) return;
+      await whileHeld("holdCatchUp");
+      if (state.history.get(roomId) !== history || state.socket !== socket) return;
+      const latest = history.lastSeq === null;
+      const frame = latest
+        ? { type: "sync", room_id: roomId }
+        : { type: "sync", room_id: roomId, since_seq: history.lastSeq, limit: debug.pageLimit };
+      const reply = await request(frame);
+      // Left meanwhile, or reconnected (and that connection's `resume` takes over).
+      if (state.history.get(roomId) !== history || state.socket !== socket) return;
+      if (!latest && reply.epoch !== history.epoch) {
+        // The room's history was replaced under the page (a restore): start it over.
+        state.history.set(roomId, newHistory());
+        continue;
+      }
+      const before = history.lastSeq;
+      if (latest) loadLatest(roomId, history, reply.epoch, reply.messages);
+      else applyPage(roomId, history, reply.messages);
+      if (state.current === roomId) {
+        renderMessages();
+        markRead();
+      }
+      renderRooms();
+      saveSoon();
+      // After a `since_seq` page, `has_more` says more follow. (After the latest page it
+      // says older ones exist, which the demo does not fetch.)
+      const more = !latest && reply.has_more;
+      if (history.lastSeq === before || (!more && !history.ahead.size)) return;
+    }
+  } catch (error) {
+    if (error.code !== "disconnected" && state.current === roomId) showRoomError(error);
+  }
 }
 
 function renderRooms() {
@@ -271,22 +603,16 @@ async function selectRoom(roomId) {
   clearRoomError();
   renderTitle();
   renderRooms();
-  if (!roomId) return renderMessages();
-  if (!state.history.has(roomId) && !state.syncing.has(roomId)) {
+  renderMessages(); // what the cache holds, at once
+  if (!roomId) return;
+  const history = state.history.get(roomId);
+  // A room joined or opened since the last `resume` may not be loaded yet. (While a resume
+  // is in flight, or the page is offline, the resume brings it.)
+  if ((!history || history.lastSeq === null) && state.socket && !state.held) {
+    await catchUp(roomId);
+    if (state.current !== roomId) return; // another room was picked meanwhile
     renderMessages();
-    state.syncing.set(roomId, []);
-    try {
-      const reply = await request({ type: "sync", room_id: roomId, limit: 100 });
-      loadHistory(roomId, reply.messages, state.syncing.get(roomId));
-    } catch (error) {
-      if (state.current === roomId) showRoomError(error);
-      return;
-    } finally {
-      state.syncing.delete(roomId);
-    }
   }
-  if (state.current !== roomId) return; // another room was picked meanwhile
-  renderMessages();
   markRead();
   renderRooms();
   $("text").focus();
@@ -554,9 +880,13 @@ async function react(seq, reaction, removed) {
 }
 
 // A `sent` reply names the change the server stored: apply it now rather than wait for its
-// push (which then finds it applied). An `ok` reply means the change changed nothing.
+// push (which then finds it held already), if it is the room's next seq. If not, messages
+// before it are still on their way, and its push, which comes after them, applies it. An
+// `ok` reply means the change changed nothing.
 function appliedByReply(reply, change) {
   if (reply.type !== "sent") return;
+  const history = state.history.get(change.room_id);
+  if (!history || history.lastSeq === null || reply.seq !== history.lastSeq + 1) return;
   if (change.data === undefined) delete change.data;
   onMessage({ ...change, seq: reply.seq, ts: reply.ts, sender: state.me });
 }
@@ -583,9 +913,11 @@ $("messages").addEventListener("click", (event) => {
 
 function markRead() {
   const room = state.rooms.get(state.current);
-  if (!room) return;
+  const history = state.history.get(state.current);
+  if (!room || !history || history.lastSeq === null) return;
   room.unread = 0;
-  if (room.last_seq > 0) request({ type: "read", room_id: room.room_id, seq: room.last_seq }).catch(() => {});
+  // Read up to what the page shows, which a catch-up may not have reached the room's end.
+  if (history.lastSeq > 0) request({ type: "read", room_id: room.room_id, seq: history.lastSeq }).catch(() => {});
 }
 
 // --- Typing ----------------------------------------------------------------------------
@@ -620,14 +952,18 @@ $("compose").addEventListener("submit", async (event) => {
     await request({ type: "send", room_id: state.current, text, client_msg_id: crypto.randomUUID() });
   } catch (error) {
     showRoomError(error);
+    // Not sent (or, if the connection dropped, maybe sent: the resume will show it): give
+    // the text back rather than lose it.
+    if (!$("text").value) $("text").value = text;
   }
 });
 
 $("text").addEventListener("input", () => {
   const now = Date.now();
   if (!state.current || now - state.lastTypingSent < 2000) return;
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
   state.lastTypingSent = now;
-  state.socket.send(JSON.stringify({ type: "typing", room_id: state.current }));
+  sendFrame(state.socket, { type: "typing", room_id: state.current });
 });
 
 $("direct").addEventListener("submit", async (event) => {
@@ -638,7 +974,7 @@ $("direct").addEventListener("submit", async (event) => {
     $("direct-user").value = "";
     selectRoom(reply.room.room_id);
   } catch (error) {
-    setStatus(error.message);
+    showRoomError(error);
   }
 });
 
