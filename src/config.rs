@@ -52,6 +52,9 @@ pub struct StorageConfig {
     /// Memory RocksDB may use for writes not yet flushed to table files (all column families
     /// together). The largest share of the server's memory under a write load.
     pub write_buffer_bytes: usize,
+    /// Memory RocksDB may use for blocks read from its table files (all column families
+    /// together, index and filter blocks included): the other large share of its memory.
+    pub block_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +190,7 @@ impl Default for StorageConfig {
             write_queue: 16_384,
             max_batch: 1_024,
             write_buffer_bytes: 64 << 20,
+            block_cache_bytes: 32 << 20,
         }
     }
 }
@@ -322,6 +326,7 @@ impl Config {
                 "storage.write_buffer_bytes",
                 self.storage.write_buffer_bytes,
             ),
+            ("storage.block_cache_bytes", self.storage.block_cache_bytes),
             ("limits.ping_interval_ms", limits.ping_interval_ms as usize),
         ] {
             if value == 0 {
