@@ -90,9 +90,11 @@ fn main() {
         println!("3: RSS per idle connection (5000 connections): chat-engine {engine:.1} KiB");
         return;
     }
-    // LOAD_RESUME=1 measures only the app's start-up after time away (scenario 6).
-    if std::env::var_os("LOAD_RESUME").is_some() {
-        print_resume(&resume::run(&Target::chat_engine(), 100));
+    // LOAD_RESUME=N measures only the app's start-up after time away (scenario 6), with N
+    // messages missed per room (any value that is not a number: 10).
+    if let Ok(missed) = std::env::var("LOAD_RESUME") {
+        let missed = missed.parse().unwrap_or(resume::MISSED);
+        print_resume(&resume::run(&Target::chat_engine(), 100, missed));
         return;
     }
     // LOAD_ONE=target,rooms,members,rate (rate 0: saturation) runs one measurement, for
@@ -204,7 +206,7 @@ fn main() {
         &ureq::Agent::new_with_defaults(),
         "chat_engine_ws_closes_total{code=\"1013\"}",
     );
-    let resumed = resume::run(&engine, 100);
+    let resumed = resume::run(&engine, 100, resume::MISSED);
     let single_node = rows
         .iter()
         .find(|row| row.scenario == "1: 100 rooms x 10, saturation")
@@ -351,7 +353,7 @@ fn print_resume(outcome: &resume::Outcome) {
          p99 {:.2} ms; v1 flow (rooms + {} pipelined syncs) p50 {:.2} ms p99 {:.2} ms; \
          resume {:.1}x faster at p99",
         resume::ROOMS,
-        resume::MISSED,
+        outcome.missed,
         resume.len(),
         ms(resume, 0.5),
         ms(resume, 0.99),

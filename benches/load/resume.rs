@@ -14,16 +14,18 @@ use crate::fanout::{connect, Socket};
 use crate::target::Target;
 
 pub const ROOMS: usize = 100;
+/// Messages each room gets while the app is away, unless `LOAD_RESUME` names another count.
 pub const MISSED: usize = 10;
 
 pub struct Outcome {
+    pub missed: usize,
     pub resume_us: Histogram<u64>,
     pub v1_us: Histogram<u64>,
 }
 
-/// `reps` times: the driver sends [`MISSED`] messages to each of [`ROOMS`] rooms while the
+/// `reps` times: the driver sends `missed` messages to each of [`ROOMS`] rooms while the
 /// app is away; the app then connects twice and catches up once each way.
-pub fn run(target: &Target, reps: usize) -> Outcome {
+pub fn run(target: &Target, reps: usize, missed: usize) -> Outcome {
     let agent = ureq::Agent::new_with_defaults();
     let rooms: Vec<String> = (0..ROOMS).map(|r| format!("resume-r{r}")).collect();
     let members = ["driver".to_owned(), "app".to_owned()];
@@ -37,7 +39,7 @@ pub fn run(target: &Target, reps: usize) -> Outcome {
         let mut cache: BTreeMap<String, u64> = rooms.iter().map(|r| (r.clone(), 0)).collect();
         let mut epoch = String::new();
         for _ in 0..reps {
-            send_missed(&mut driver, &rooms).await;
+            send_missed(&mut driver, &rooms, missed).await;
             let mut app = connect(&target.ws_url("app", &rooms[0]), target.addr).await;
             let started = Instant::now();
             let reply = resume(&mut app, &cache, &epoch).await;
@@ -53,20 +55,27 @@ pub fn run(target: &Target, reps: usize) -> Outcome {
             );
         }
     });
-    Outcome { resume_us, v1_us }
+    Outcome {
+        missed,
+        resume_us,
+        v1_us,
+    }
 }
 
-/// Sends [`MISSED`] messages to every room, pipelined, and waits for every `sent`.
-async fn send_missed(driver: &mut Socket, rooms: &[String]) {
+/// Sends `missed` messages to every room, pipelined, and waits for every `sent`.
+async fn send_missed(driver: &mut Socket, rooms: &[String], missed: usize) {
     for room in rooms {
-        for n in 0..MISSED {
+        for n in 0..missed {
             let frame = json!({"type": "send", "room_id": room, "text": format!("missed {n}")});
-            driver.feed(Message::text(frame.to_string())).await.expect("send");
+            driver
+                .feed(Message::text(frame.to_string()))
+                .await
+                .expect("send");
         }
     }
     driver.flush().await.expect("flush");
     let mut sent = 0;
-    while sent < rooms.len() * MISSED {
+    while sent < rooms.len() * missed {
         if next(driver).await["type"] == "sent" {
             sent += 1;
         }
@@ -101,7 +110,9 @@ async fn resume(app: &mut Socket, cache: &BTreeMap<String, u64>, epoch: &str) ->
         .map(|(room, seq)| (room.clone(), json!({"seq": seq, "epoch": epoch})))
         .collect();
     let frame = json!({"type": "resume", "id": 1, "rooms": rooms});
-    app.send(Message::text(frame.to_string())).await.expect("send");
+    app.send(Message::text(frame.to_string()))
+        .await
+        .expect("send");
     reply(app, 1).await
 }
 
@@ -115,7 +126,9 @@ async fn v1_flow(app: &mut Socket, cache: &BTreeMap<String, u64>) -> usize {
     let listed = rooms["rooms"].as_array().expect("rooms").len();
     for (i, (room, seq)) in cache.iter().enumerate() {
         let frame = json!({"type": "sync", "id": i + 1, "room_id": room, "since_seq": seq});
-        app.feed(Message::text(frame.to_string())).await.expect("send");
+        app.feed(Message::text(frame.to_string()))
+            .await
+            .expect("send");
     }
     app.flush().await.expect("flush");
     let mut brought = 0;
