@@ -17,6 +17,10 @@ pub const DEV_API_KEY: &str = "chat-engine-dev-api-key";
 pub const ENV_JWT_SECRET: &str = "CHAT_ENGINE_JWT_SECRET";
 /// Overrides `auth.api_keys`: keys separated by commas.
 pub const ENV_API_KEYS: &str = "CHAT_ENGINE_API_KEYS";
+/// Webhook signing key used when no config sets one. Anyone can forge events with it.
+pub const DEV_WEBHOOK_SECRET: &str = "chat-engine-dev-webhook-secret";
+/// Overrides `webhooks.secret`.
+pub const ENV_WEBHOOK_SECRET: &str = "CHAT_ENGINE_WEBHOOK_SECRET";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +33,53 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub direct: DirectConfig,
     pub cluster: ClusterConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Events for RouteAPI: where to POST them and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// The endpoint events are POSTed to; unset: no events are kept or sent.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key of the `X-Chat-Engine-Signature` header.
+    pub secret: String,
+    /// Most events in one request.
+    pub batch_size: usize,
+    /// A request not answered within this is retried.
+    pub timeout_ms: u64,
+    /// Most events kept waiting for delivery; beyond it the oldest are dropped (counted).
+    pub max_pending: u64,
+    /// The event types sent: `message`, `notify`, `read`.
+    pub events: Vec<EventType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Message,
+    Notify,
+    Read,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            url: None,
+            secret: DEV_WEBHOOK_SECRET.into(),
+            batch_size: 100,
+            timeout_ms: 5_000,
+            max_pending: 1_000_000,
+            events: vec![EventType::Message, EventType::Notify, EventType::Read],
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// Whether events of `kind` are kept and sent.
+    pub fn sends(&self, kind: EventType) -> bool {
+        self.url.is_some() && self.events.contains(&kind)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +327,9 @@ impl Config {
         if let Some(secret) = var(ENV_JWT_SECRET) {
             self.auth.jwt_secret = secret;
         }
+        if let Some(secret) = var(ENV_WEBHOOK_SECRET) {
+            self.webhooks.secret = secret;
+        }
         if let Some(keys) = var(ENV_API_KEYS) {
             self.auth.api_keys = keys
                 .split(',')
@@ -370,6 +424,27 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &self.webhooks.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!(
+                    "webhooks.url {url:?} is not an http:// or https:// URL"
+                ));
+            }
+            if self.cluster.redis_url.is_some() {
+                return invalid(
+                    "webhooks.url is not supported in cluster mode yet: every node would send \
+                     every event"
+                        .into(),
+                );
+            }
+            let hooks = &self.webhooks;
+            if hooks.secret.is_empty() || hooks.batch_size == 0 || hooks.timeout_ms == 0 {
+                return invalid(
+                    "webhooks.secret must be set, webhooks.batch_size and timeout_ms at least 1"
+                        .into(),
+                );
+            }
+        }
         if self.cluster.shards == 0 || self.cluster.log_max_len < 1_000 {
             return invalid(
                 "cluster.shards must be at least 1 and cluster.log_max_len at least 1000".into(),
@@ -391,6 +466,9 @@ impl Config {
         if self.auth.api_keys.iter().any(|k| k == DEV_API_KEY) {
             found.push("auth.api_keys");
         }
+        if self.webhooks.url.is_some() && self.webhooks.secret == DEV_WEBHOOK_SECRET {
+            found.push("webhooks.secret");
+        }
         found
     }
 }
@@ -403,6 +481,28 @@ mod tests {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    #[test]
+    fn webhooks_need_an_http_url_and_a_single_node() {
+        let hooks = |extra: &str| parse(&format!("[webhooks]\nurl = \"http://x/e\"\n{extra}"));
+        let config = hooks("events = [\"read\"]").unwrap();
+        assert!(config.webhooks.sends(EventType::Read));
+        assert!(!config.webhooks.sends(EventType::Message));
+        assert!(config.development_secrets().contains(&"webhooks.secret"));
+        assert!(
+            !Config::default().webhooks.sends(EventType::Message),
+            "off without a url"
+        );
+        let refused = [
+            parse("[webhooks]\nurl = \"ftp://x\"\n"),
+            hooks("batch_size = 0"),
+            hooks("events = [\"shout\"]"),
+            parse("[webhooks]\nurl = \"http://x/e\"\n[cluster]\nredis_url = \"redis://r\"\n"),
+        ];
+        for refusal in refused {
+            assert!(refusal.is_err(), "{refusal:?}");
+        }
     }
 
     #[test]

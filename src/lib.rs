@@ -64,6 +64,7 @@ pub async fn run(
     let storage = Arc::new(storage::Storage::open(&config.storage)?);
     let authority = authority(&config, &storage)?;
     let engine = engine::Engine::open(config, storage, authority)?;
+    engine.start_webhooks();
     // The background duties never end; they only run while the server does.
     let background = smol::future::zip(
         smol::future::zip(

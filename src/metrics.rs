@@ -65,6 +65,16 @@ pub struct Metrics {
     pub room_unloads: Counter,
     /// Time loading one room from disk took.
     pub room_load_seconds: Histogram,
+    /// Webhook events in the outbox, not delivered yet.
+    pub webhook_pending: Gauge,
+    /// Webhook events delivered (acknowledged with a 2xx).
+    pub webhook_delivered: Counter,
+    /// Webhook requests that failed (non-2xx, timeout, no connection); each is retried.
+    pub webhook_failures: Counter,
+    /// Webhook events dropped over `webhooks.max_pending`.
+    pub webhook_dropped: Counter,
+    /// How old the oldest event of a delivered batch was.
+    pub webhook_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -88,6 +98,12 @@ impl Metrics {
             room_unloads: Counter::default(),
             // 10 µs to about 0.3 s.
             room_load_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
+            webhook_pending: Gauge::default(),
+            webhook_delivered: Counter::default(),
+            webhook_failures: Counter::default(),
+            webhook_dropped: Counter::default(),
+            // 1 ms to about 9 hours.
+            webhook_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 25)),
             registry: Registry::with_prefix("chat_engine"),
         };
         let m = &mut metrics;
@@ -167,6 +183,32 @@ impl Metrics {
             "room_unloads",
             "Rooms unloaded from memory (idle, or over rooms.max_in_memory)",
             m.room_unloads.clone(),
+        );
+        r.register(
+            "webhook_events_pending",
+            "Webhook events in the outbox, not delivered yet",
+            m.webhook_pending.clone(),
+        );
+        r.register(
+            "webhook_events_delivered",
+            "Webhook events delivered (acknowledged with a 2xx)",
+            m.webhook_delivered.clone(),
+        );
+        r.register(
+            "webhook_request_failures",
+            "Webhook requests that failed and will be retried",
+            m.webhook_failures.clone(),
+        );
+        r.register(
+            "webhook_events_dropped",
+            "Webhook events dropped over webhooks.max_pending",
+            m.webhook_dropped.clone(),
+        );
+        r.register_with_unit(
+            "webhook_delivery_lag",
+            "Age of the oldest event of each delivered batch",
+            Unit::Seconds,
+            m.webhook_lag_seconds.clone(),
         );
         r.register_with_unit(
             "room_load",

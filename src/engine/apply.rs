@@ -355,6 +355,9 @@ impl Engine {
                 };
                 state.members.insert(user_id.clone(), moved);
                 batch.read_record(user_id.as_str(), room_id.as_str(), read_record(moved));
+                if read_seq > member.read_seq {
+                    self.read_event(&mut batch, room_id, &user_id, read_seq);
+                }
                 Committed {
                     events: vec![Event::Read {
                         room_id: room_id.clone(),
@@ -417,6 +420,7 @@ impl Engine {
             state.target_changing(next.clone(), stamp.seq);
             next
         });
+        self.message_event(batch, &message);
         let message = Arc::new(message);
         state.assign(message.clone());
         if kind.is_content() {

@@ -173,7 +173,11 @@ impl Engine {
         smol::unblock(move || engine.rooms_of_blocking(&user, &page)).await
     }
 
-    fn rooms_of_blocking(&self, user: &UserId, page: &RoomsPage) -> Result<RoomsList, Error> {
+    pub(super) fn rooms_of_blocking(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> Result<RoomsList, Error> {
         let storage = &self.inner.storage;
         let mut rooms: Vec<(u64, RoomView)> = Vec::new();
         for id in storage.rooms_of_user(user.as_str())? {

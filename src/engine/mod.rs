@@ -22,12 +22,14 @@ mod load;
 mod local;
 pub mod membership;
 mod messages;
+mod outbox;
 mod records;
 mod resident;
 mod resume;
 mod retention;
 mod room;
 mod rules;
+mod webhooks;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +49,7 @@ use resident::Resident;
 pub use resume::Resumed;
 pub use room::Stamp;
 pub use rules::Verdict;
+pub use webhooks::{sign, SIGNATURE_HEADER};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -74,6 +77,8 @@ struct Shared {
     resident: Resident,
     /// The data directory's history epoch.
     epoch: Arc<str>,
+    /// With `webhooks.url`: wakes and stops the webhook sender, and its thread.
+    webhooks: Option<Arc<webhooks::Signal>>,
     connections: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Serialises creating and closing rooms, which consult disk tombstones and allocate
@@ -102,12 +107,17 @@ impl Engine {
             metrics.clone(),
         );
         let connections = Arc::new(Registry::new(metrics.clone()));
-        let subscribers: Vec<Arc<dyn Subscriber>> = vec![
+        let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![
             Arc::new(events::Fanout {
                 connections: connections.clone(),
             }),
             metrics.clone(),
         ];
+        let signal = config.webhooks.url.is_some().then(|| {
+            let signal = Arc::new(webhooks::Signal::default());
+            subscribers.push(signal.clone());
+            signal
+        });
         Ok(Engine {
             inner: Arc::new(Shared {
                 auth: Authenticator::new(&config.auth),
@@ -118,6 +128,7 @@ impl Engine {
                 subscribers,
                 resident: Resident::new(),
                 epoch,
+                webhooks: signal,
                 connections,
                 metrics,
                 lifecycle: Mutex::new(()),
@@ -192,9 +203,33 @@ impl Engine {
         self.inner.metrics.connections.dec();
     }
 
+    /// Starts the webhook sender's thread, with `webhooks.url` set.
+    pub fn start_webhooks(&self) {
+        let Some(signal) = &self.inner.webhooks else {
+            return;
+        };
+        let (engine, sender) = (self.clone(), signal.clone());
+        let spawned = std::thread::Builder::new()
+            .name("webhooks".into())
+            .spawn(move || engine.deliver_webhooks(sender));
+        match spawned {
+            Ok(handle) => *crate::sync::lock(&signal.thread) = Some(handle),
+            Err(e) => log::error!("cannot start the webhook sender: {e}"),
+        }
+    }
+
     /// Closes every connection with 1001, waits (bounded) for them to go, then lets the
-    /// writer commit what is queued and stops it.
+    /// writer commit what is queued and stops it. The webhook sender stops first; what it
+    /// has not delivered stays in the outbox for the next start.
     pub async fn shutdown(&self) {
+        if let Some(signal) = &self.inner.webhooks {
+            signal.stop();
+            let thread = crate::sync::lock(&signal.thread).take();
+            // A request in flight ends within webhooks.timeout_ms.
+            if let Some(thread) = thread {
+                let _ = smol::unblock(move || thread.join()).await;
+            }
+        }
         let connections = &self.inner.connections;
         connections.close_all(close_code::GOING_AWAY);
         let grace = Duration::from_millis(self.inner.config.server.shutdown_grace_ms);

@@ -12,6 +12,9 @@ pub enum KeyWrite {
     Delete(Cf, Vec<u8>),
     /// Every key in `[from, to)`.
     DeleteRange(Cf, Vec<u8>, Vec<u8>),
+    /// A webhook event for the outbox; its key, the next outbox number, is given when the
+    /// write commits, so the outbox is in commit order.
+    Event(Vec<u8>),
 }
 
 impl KeyWrite {
@@ -158,6 +161,21 @@ impl Batch {
         ));
         self.writes
             .push(KeyWrite::put(Cf::Meta, &keys::purged(room_number), &newest));
+    }
+
+    /// A webhook event (its JSON), delivered once this batch commits.
+    pub fn event(&mut self, json: Vec<u8>) {
+        self.writes.push(KeyWrite::Event(json));
+    }
+
+    /// Drops the outbox's events up to number `last` (delivered, or dropped over
+    /// `webhooks.max_pending`).
+    pub fn events_done(&mut self, last: u64) {
+        self.writes.push(KeyWrite::DeleteRange(
+            Cf::Outbox,
+            keys::outbox(0).to_vec(),
+            keys::outbox(last.saturating_add(1)).to_vec(),
+        ));
     }
 
     /// Cluster mode: the id of the last entry of `shard`'s log applied here.

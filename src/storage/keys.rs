@@ -39,10 +39,13 @@ pub enum Cf {
     /// and either closes the room or moves the entry to the room's real last activity, so
     /// nothing is written per message.
     Activity,
+    /// outbox number (u64 BE, in commit order) -> an event's JSON: the webhook events not
+    /// delivered yet.
+    Outbox,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 9] = [
         Cf::Rooms,
         Cf::Members,
         Cf::UserRooms,
@@ -51,6 +54,7 @@ impl Cf {
         Cf::Reads,
         Cf::Meta,
         Cf::Activity,
+        Cf::Outbox,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Cf {
             Cf::Reads => "reads",
             Cf::Meta => "meta",
             Cf::Activity => "activity",
+            Cf::Outbox => "outbox",
         }
     }
 }
@@ -154,6 +159,11 @@ pub fn split_pair(key: &[u8]) -> Option<(&str, &str)> {
     let first = std::str::from_utf8(&key[..at]).ok()?;
     let second = std::str::from_utf8(&key[at + 1..]).ok()?;
     Some((first, second))
+}
+
+/// `outbox` key.
+pub fn outbox(number: u64) -> [u8; 8] {
+    number.to_be_bytes()
 }
 
 /// `messages` key.

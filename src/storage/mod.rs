@@ -23,6 +23,7 @@ pub use writer::{WriteOp, Writer};
 
 use crate::config::StorageConfig;
 pub use crate::error::StorageError;
+use crate::sync;
 
 /// The schema version this build writes. Data from an older version is migrated at start-up;
 /// data from a newer one is refused.
@@ -94,6 +95,25 @@ fn rooms_keep_counts_and_activity(storage: &Storage) -> Result<(), StorageError>
     Ok(())
 }
 
+/// The number of the outbox's newest event, if it holds any.
+fn last_event(db: &DB) -> Result<Option<u64>, StorageError> {
+    let Some(cf) = db.cf_handle(Cf::Outbox.name()) else {
+        return Ok(None);
+    };
+    match db.iterator_cf(cf, IteratorMode::End).next() {
+        Some(entry) => Ok(Some(event_number(&entry?.0)?)),
+        None => Ok(None),
+    }
+}
+
+fn event_number(key: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StorageError::Corrupt {
+        cf: Cf::Outbox.name(),
+        reason: "bad outbox key".into(),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
         StorageError::Db(e.into_string())
@@ -119,6 +139,8 @@ pub enum SeqRange {
 
 pub struct Storage {
     db: DB,
+    /// The number the next outbox event gets.
+    next_event: std::sync::Mutex<u64>,
     /// Test hook: while set, every write fails as a full disk would.
     #[cfg(test)]
     pub(crate) fail_writes: std::sync::atomic::AtomicBool,
@@ -148,8 +170,10 @@ impl Storage {
             ColumnFamilyDescriptor::new(cf.name(), family)
         });
         let db = DB::open_cf_descriptors(&options, &config.path, families)?;
+        let next_event = last_event(&db)?.map_or(1, |last| last + 1);
         let storage = Storage {
             db,
+            next_event: std::sync::Mutex::new(next_event),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicBool::new(false),
         };
@@ -158,6 +182,35 @@ impl Storage {
             storage.renew_epoch()?;
         }
         Ok(storage)
+    }
+
+    /// Up to `limit` events of the outbox, oldest first, with their numbers.
+    pub fn events(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let mut found = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(Cf::Outbox), IteratorMode::Start)
+        {
+            let (key, value) = entry?;
+            if found.len() == limit {
+                break;
+            }
+            found.push((event_number(&key)?, value.to_vec()));
+        }
+        Ok(found)
+    }
+
+    /// How many events the outbox holds, and the number of the oldest.
+    pub fn events_pending(&self) -> Result<(u64, u64), StorageError> {
+        let first = self
+            .db
+            .iterator_cf(self.cf(Cf::Outbox), IteratorMode::Start)
+            .next()
+            .transpose()?
+            .map(|(key, _)| event_number(&key))
+            .transpose()?;
+        let next = *sync::lock(&self.next_event);
+        Ok(first.map_or((0, next), |first| (next - first, first)))
     }
 
     /// The history epoch of this data directory: named at its creation, renamed by
@@ -264,8 +317,16 @@ impl Storage {
             return Err(StorageError::Db("injected write failure".into()));
         }
         let mut batch = rocksdb::WriteBatch::default();
+        // Outbox numbers are handed out in commit order: under this lock, held until the
+        // batch is written.
+        let mut next_event = None;
         for write in writes {
             match write {
+                KeyWrite::Event(json) => {
+                    let next = next_event.get_or_insert_with(|| sync::lock(&self.next_event));
+                    batch.put_cf(self.cf(Cf::Outbox), keys::outbox(**next), json);
+                    **next += 1;
+                }
                 KeyWrite::Put(cf, key, value) => batch.put_cf(self.cf(*cf), key, value),
                 KeyWrite::Delete(cf, key) => batch.delete_cf(self.cf(*cf), key),
                 KeyWrite::DeleteRange(cf, from, to) => {

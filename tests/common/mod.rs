@@ -2,6 +2,7 @@
 //! helper and a blocking WebSocket client, all written only from PROTOCOL.md.
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod redis_server;
 pub mod room_script;
 

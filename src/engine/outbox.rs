@@ -1,0 +1,45 @@
+//! The webhook events a change leaves in the outbox, written in the change's own batch: a
+//! crash loses none, and no event exists for a change that was not stored. Each event's
+//! `id` names its change (ids never hold `/`), so a retried delivery repeats the same ids.
+
+use serde_json::json;
+
+use crate::config::EventType;
+use crate::protocol::{now_ms, Message, RoomId, UserId};
+use crate::storage::Batch;
+
+use super::Engine;
+
+impl Engine {
+    /// A `message` event for a stored message or change, if events of that type are sent.
+    pub(super) fn message_event(&self, batch: &mut Batch, message: &Message) {
+        if !self.inner.config.webhooks.sends(EventType::Message) {
+            return;
+        }
+        let event = json!({
+            "id": format!("message/{}/{}", message.room_id, message.seq),
+            "type": "message",
+            "ts": message.ts,
+            "room_id": message.room_id,
+            "message": message,
+        });
+        batch.event(event.to_string().into_bytes());
+    }
+
+    /// A `read` event for a read marker that moved to `seq`. The user's total unread count
+    /// is added when it is sent, so it is current then.
+    pub(super) fn read_event(&self, batch: &mut Batch, room_id: &RoomId, user: &UserId, seq: u64) {
+        if !self.inner.config.webhooks.sends(EventType::Read) {
+            return;
+        }
+        let event = json!({
+            "id": format!("read/{room_id}/{user}/{seq}"),
+            "type": "read",
+            "ts": now_ms(),
+            "room_id": room_id,
+            "user_id": user,
+            "seq": seq,
+        });
+        batch.event(event.to_string().into_bytes());
+    }
+}

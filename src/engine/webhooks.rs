@@ -1,0 +1,215 @@
+//! The webhook sender: one thread that delivers the outbox to `webhooks.url`, oldest first
+//! (so in commit order, per room and overall), in batches of at most `webhooks.batch_size`,
+//! each signed with HMAC-SHA256 of its body. Any 2xx acknowledges the batch, which is then
+//! deleted; anything else, or no answer within `webhooks.timeout_ms`, is retried with
+//! exponential backoff and jitter (100 ms doubling, capped at 30 s).
+//!
+//! It runs beside the chat, never in its way: the send path only adds the events to its
+//! batch, and a dead endpoint costs the outbox space, bounded by `webhooks.max_pending`
+//! (beyond it the oldest events are dropped and counted).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::events::{Event, Subscriber};
+use super::Engine;
+use crate::error::Error;
+use crate::protocol::{now_ms, RoomsPage, UserId};
+use crate::storage::Batch;
+use crate::sync::lock;
+
+/// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Chat-Engine-Signature";
+
+/// Longest wait between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Wakes the sender when a commit may have added events, and tells it to stop.
+#[derive(Default)]
+pub struct Signal {
+    woken: Mutex<bool>,
+    wake: Condvar,
+    stopping: AtomicBool,
+    /// The sender's thread, joined at shutdown.
+    pub thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        *lock(&self.woken) = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until woken or `timeout` passed.
+    fn wait(&self, timeout: Duration) {
+        let woken = lock(&self.woken);
+        let (mut woken, _) = self
+            .wake
+            .wait_timeout_while(woken, timeout, |woken| !*woken)
+            .unwrap_or_else(|e| e.into_inner());
+        *woken = false;
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+impl Subscriber for Signal {
+    fn publish(&self, _events: &[Event]) {
+        self.notify();
+    }
+}
+
+impl Engine {
+    /// Delivers the outbox until [`Signal::stop`]; runs on its own thread.
+    pub fn deliver_webhooks(&self, signal: Arc<Signal>) {
+        let config = &self.inner.config.webhooks;
+        let Some(url) = config.url.clone() else {
+            return;
+        };
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
+                .build(),
+        );
+        let mut failures: u32 = 0;
+        while !signal.stopping() {
+            match self.deliver_once(&agent, &url) {
+                Ok(true) => failures = 0,
+                Ok(false) => signal.wait(Duration::from_secs(1)),
+                Err(reason) => {
+                    self.inner.metrics.webhook_failures.inc();
+                    log::warn!("webhooks: delivery to {url} failed (will retry): {reason}");
+                    signal.wait(backoff(failures));
+                    failures = failures.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Sends the oldest batch. `Ok(false)` when the outbox is empty.
+    fn deliver_once(&self, agent: &ureq::Agent, url: &str) -> Result<bool, String> {
+        let config = &self.inner.config.webhooks;
+        let storage = &self.inner.storage;
+        self.drop_over_max_pending().map_err(|e| e.to_string())?;
+        let events = storage
+            .events(config.batch_size)
+            .map_err(|e| e.to_string())?;
+        let Some(&(last, _)) = events.last() else {
+            self.inner.metrics.webhook_pending.set(0);
+            return Ok(false);
+        };
+        let mut oldest_ts = u64::MAX;
+        let mut bodies = Vec::with_capacity(events.len());
+        for (_, json) in &events {
+            let mut event: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+            oldest_ts = oldest_ts.min(event["ts"].as_u64().unwrap_or(u64::MAX));
+            if event["type"] == "read" {
+                let total = self
+                    .total_unread(&event["user_id"])
+                    .map_err(|e| e.to_string())?;
+                event["unread"] = total.into();
+            }
+            bodies.push(event);
+        }
+        let body = serde_json::json!({ "events": bodies }).to_string();
+        let signature = sign(&config.secret, body.as_bytes());
+        let response = agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header(SIGNATURE_HEADER, &format!("sha256={signature}"))
+            .send(body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("the endpoint answered {status}"));
+        }
+        let mut done = Batch::new();
+        done.events_done(last);
+        storage
+            .write(done.writes(), false)
+            .map_err(|e| e.to_string())?;
+        let metrics = &self.inner.metrics;
+        metrics.webhook_delivered.inc_by(events.len() as u64);
+        let lag = now_ms().saturating_sub(oldest_ts.min(now_ms()));
+        metrics.webhook_lag_seconds.observe(lag as f64 / 1000.0);
+        Ok(true)
+    }
+
+    /// Drops the oldest events beyond `webhooks.max_pending`, counting them.
+    fn drop_over_max_pending(&self) -> Result<(), Error> {
+        let (pending, oldest) = self.inner.storage.events_pending()?;
+        let max = self.inner.config.webhooks.max_pending;
+        self.inner.metrics.webhook_pending.set(pending as i64);
+        if pending <= max {
+            return Ok(());
+        }
+        let over = pending - max;
+        let mut dropped = Batch::new();
+        dropped.events_done(oldest + over - 1);
+        self.inner.storage.write(dropped.writes(), false)?;
+        self.inner.metrics.webhook_dropped.inc_by(over);
+        log::warn!("webhooks: {over} events dropped, over webhooks.max_pending ({max})");
+        Ok(())
+    }
+
+    /// `user`'s unread count over all their rooms, for `read` events.
+    fn total_unread(&self, user: &Value) -> Result<u64, Error> {
+        let user = UserId::parse(user.as_str().unwrap_or_default())?;
+        let rooms = self.rooms_of_blocking(&user, &RoomsPage::default())?;
+        Ok(rooms.rooms.iter().filter_map(|room| room.unread).sum())
+    }
+}
+
+/// Hex HMAC-SHA256 of `body` under `secret`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The wait before retry `failures + 1`: 100 ms doubling up to 30 s, the upper half of it
+/// random so that many servers do not retry in step.
+fn backoff(failures: u32) -> Duration {
+    let full = Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(16))
+        .min(MAX_BACKOFF);
+    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_in_hex() {
+        // RFC 4231, test case 2.
+        let signature = sign("Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            signature,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds_with_jitter() {
+        assert!((50..=100).contains(&backoff(0).as_millis()));
+        assert!((400..=800).contains(&backoff(3).as_millis()));
+        assert!((15_000..=30_000).contains(&backoff(12).as_millis()));
+        assert!(backoff(u32::MAX) <= MAX_BACKOFF);
+    }
+}

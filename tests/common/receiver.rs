@@ -1,0 +1,161 @@
+//! A real HTTP receiver for webhook tests: an HTTP/1.1 server on loopback that records every
+//! request and answers as the test says (2xx, 500, or never).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Status(u16),
+    /// Reads the request and never answers.
+    Hang,
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub signature: Option<String>,
+    pub body: Vec<u8>,
+    pub answered: Answer,
+}
+
+impl Received {
+    pub fn events(&self) -> Vec<Value> {
+        let body: Value = serde_json::from_slice(&self.body).expect("a JSON body");
+        body["events"].as_array().expect("events").clone()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Vec<Received>,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<Answer>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Receiver {
+    /// Listens on a free loopback port.
+    pub fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Listens on `addr` (a port a stopped receiver had, to bring "the endpoint" back).
+    pub fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = TcpListener::bind(addr).expect("bind the receiver");
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(Answer::Status(200)));
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (a, s) = (answer.clone(), shared.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (a, s) = (a.clone(), s.clone());
+                std::thread::spawn(move || serve(stream, &a, &s));
+            }
+        });
+        Receiver {
+            addr,
+            answer,
+            shared,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    pub fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.shared.lock().unwrap().requests.clone()
+    }
+
+    /// Every event of the requests it acknowledged with a 2xx, in arrival order.
+    pub fn acknowledged(&self) -> Vec<Value> {
+        let requests = self.requests();
+        let ok = |r: &&Received| matches!(r.answered, Answer::Status(s) if (200..300).contains(&s));
+        requests
+            .iter()
+            .filter(ok)
+            .flat_map(Received::events)
+            .collect()
+    }
+
+    /// Waits until `done` holds for the acknowledged events (10 s at most).
+    #[track_caller]
+    pub fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.acknowledged();
+            if done(&events) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "{what}; got {events:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Serves one connection: keep-alive requests until it closes.
+fn serve(stream: TcpStream, answer: &Mutex<Answer>, shared: &Mutex<Shared>) {
+    let mut writer = stream.try_clone().expect("clone the stream");
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0;
+        let mut signature = None;
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "x-chat-engine-signature" => signature = Some(value.trim().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answered = *answer.lock().unwrap();
+        shared.lock().unwrap().requests.push(Received {
+            signature,
+            body,
+            answered,
+        });
+        match answered {
+            Answer::Status(status) => {
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                if writer.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Answer::Hang => {
+                std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Events for RouteAPI (PROTOCOL.md "Events for RouteAPI and push notifications"): the
+//! durable outbox and its sender, against a real HTTP receiver on loopback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::receiver::{Answer, Receiver};
+use common::{config_toml, Process, TestServer};
+
+const SECRET: &str = "webhook-test-secret";
+
+fn hooks(url: String, c: &mut chat_engine::Config) {
+    c.webhooks.url = Some(url);
+    c.webhooks.secret = SECRET.into();
+}
+
+/// The message events' seqs per room, each id once, in the order they arrived.
+fn messages_by_room(events: &[Value]) -> BTreeMap<String, Vec<u64>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rooms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in events.iter().filter(|e| e["type"] == "message") {
+        if seen.insert(event["id"].to_string()) {
+            let room = event["room_id"].as_str().unwrap().to_owned();
+            rooms
+                .entry(room)
+                .or_default()
+                .push(event["message"]["seq"].as_u64().unwrap());
+        }
+    }
+    rooms
+}
+
+fn count_messages(events: &[Value]) -> usize {
+    messages_by_room(events).values().map(Vec::len).sum()
+}
+
+/// A loopback port nothing listens on (yet).
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[test]
+fn events_arrive_signed_in_batches_and_in_commit_order() {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(|c| {
+        hooks(receiver.url(), c);
+        c.webhooks.batch_size = 3;
+    });
+    for room in ["a", "b"] {
+        server.create_room(room, "driver");
+        server.add_member(room, "rider");
+    }
+    for i in 1..=5 {
+        for room in ["a", "b"] {
+            server.post_message(room, json!({"text": format!("{room} {i}")}));
+        }
+    }
+    let mut rider = server.ws("rider");
+    rider.request_ok(json!({"type": "read", "room_id": "a", "seq": 4}), "ok");
+    let events = receiver.wait_for("10 messages and a read", |events| {
+        count_messages(events) == 10 && events.iter().any(|e| e["type"] == "read")
+    });
+    for request in receiver.requests() {
+        let signature = format!(
+            "sha256={}",
+            chat_engine::engine::sign(SECRET, &request.body)
+        );
+        assert_eq!(request.signature.as_deref(), Some(signature.as_str()));
+        assert!(
+            (1..=3).contains(&request.events().len()),
+            "batches of at most 3"
+        );
+    }
+    let rooms = messages_by_room(&events);
+    assert_eq!(rooms["a"], [1, 2, 3, 4, 5], "in commit order per room");
+    assert_eq!(rooms["b"], [1, 2, 3, 4, 5]);
+    let message = events.iter().find(|e| e["type"] == "message").unwrap();
+    assert_eq!(
+        message["id"],
+        format!("message/{}/1", message["room_id"].as_str().unwrap())
+    );
+    assert!(message["ts"].as_u64().unwrap() > 0);
+    assert_eq!(message["message"]["kind"], "system");
+    let read = events.iter().find(|e| e["type"] == "read").unwrap();
+    assert_eq!(
+        (
+            read["room_id"].clone(),
+            read["user_id"].clone(),
+            read["seq"].clone()
+        ),
+        (json!("a"), json!("rider"), json!(4))
+    );
+    assert_eq!(
+        read["unread"], 6,
+        "1 left in a, 5 in b: the total over all rooms"
+    );
+    assert_eq!(read["id"], "read/a/rider/4");
+    assert_eq!(
+        server.metric("chat_engine_webhook_events_delivered_total"),
+        11.0
+    );
+}
+
+#[test]
+fn a_failing_or_hanging_endpoint_is_retried_and_the_chat_goes_on() {
+    let receiver = Receiver::start();
+    receiver.answer(Answer::Status(500));
+    let server = TestServer::start_with(|c| {
+        hooks(receiver.url(), c);
+        c.webhooks.timeout_ms = 300;
+    });
+    server.create_room("r", "driver");
+    for i in 1..=3 {
+        server.post_message("r", json!({"text": format!("m{i}")}));
+    }
+    assert_eq!(
+        server.rest("GET", "/readyz", None).0,
+        200,
+        "the endpoint is not the chat"
+    );
+    let retried = || receiver.requests().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while retried() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "500s were not retried"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    receiver.answer(Answer::Hang);
+    let hung = retried();
+    while retried() == hung {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry after the 500s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The chat is served while the endpoint hangs.
+    assert_eq!(server.post_message("r", json!({"text": "m4"}))["seq"], 4);
+    receiver.answer(Answer::Status(204));
+    let events = receiver.wait_for("4 messages after the endpoint recovered", |events| {
+        count_messages(events) == 4
+    });
+    assert_eq!(messages_by_room(&events)["r"], [1, 2, 3, 4]);
+    assert!(server.metric("chat_engine_webhook_request_failures_total") >= 4.0);
+    assert_eq!(server.metric("chat_engine_webhook_events_pending"), 0.0);
+}
+
+/// Events wait in the outbox while the endpoint is down, and a kill -9 loses none.
+#[test]
+fn events_wait_for_a_dead_endpoint_and_survive_kill_9() {
+    let addr = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml(&format!(
+        "[webhooks]\nurl = \"http://{addr}/events\"\nsecret = \"{SECRET}\"\n"
+    ));
+    let mut p = Process::start(data.path(), &config);
+    p.create_room("r", "driver");
+    for i in 1..=4 {
+        p.post_message("r", json!({"text": format!("m{i}")}));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.metric("chat_engine_webhook_events_pending") >= 4.0);
+    p.kill_9();
+    p.wait();
+    drop(p);
+    let receiver = Receiver::start_on(addr);
+    let p = Process::start(data.path(), &config);
+    let events = receiver.wait_for("the 4 messages after the restart", |events| {
+        count_messages(events) == 4
+    });
+    assert_eq!(messages_by_room(&events)["r"], [1, 2, 3, 4]);
+    assert_eq!(p.post_message("r", json!({"text": "m5"}))["seq"], 5);
+    receiver.wait_for("the next one too", |events| count_messages(events) == 5);
+}
+
+#[test]
+fn only_the_chosen_events_are_sent_and_the_oldest_go_over_max_pending() {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(|c| {
+        hooks(receiver.url(), c);
+        c.webhooks.events = vec![chat_engine::config::EventType::Read];
+    });
+    server.create_room("r", "driver");
+    server.add_member("r", "rider");
+    server.post_message("r", json!({"text": "not sent"}));
+    let mut rider = server.ws("rider");
+    rider.request_ok(json!({"type": "read", "room_id": "r", "seq": 1}), "ok");
+    let events = receiver.wait_for("the read", |events| !events.is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    let types: Vec<_> = receiver
+        .acknowledged()
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(types, [json!("read")], "{events:?}");
+
+    let addr = free_port();
+    let capped = TestServer::start_with(|c| {
+        hooks(format!("http://{addr}/events"), c);
+        c.webhooks.max_pending = 2;
+    });
+    capped.create_room("r", "driver");
+    for i in 1..=5 {
+        capped.post_message("r", json!({"text": format!("m{i}")}));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while capped.metric("chat_engine_webhook_events_dropped_total") < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing dropped over max_pending"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let back = Receiver::start_on(addr);
+    let events = back.wait_for("the newest 2", |events| count_messages(events) == 2);
+    assert_eq!(messages_by_room(&events)["r"], [4, 5]);
+}
