@@ -52,6 +52,9 @@ pub struct WebhooksConfig {
     pub max_pending: u64,
     /// The event types sent: `message`, `notify`, `read`.
     pub events: Vec<EventType>,
+    /// A member who has not acknowledged a message this long after its commit is named in
+    /// its `notify` event.
+    pub notify_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,6 +74,7 @@ impl Default for WebhooksConfig {
             timeout_ms: 5_000,
             max_pending: 1_000_000,
             events: vec![EventType::Message, EventType::Notify, EventType::Read],
+            notify_delay_ms: 3_000,
         }
     }
 }

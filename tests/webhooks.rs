@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use chat_engine::config::EventType;
 use common::receiver::{Answer, Receiver};
 use common::{config_toml, Process, TestServer};
 
@@ -50,6 +51,7 @@ fn events_arrive_signed_in_batches_and_in_commit_order() {
     let server = TestServer::start_with(|c| {
         hooks(receiver.url(), c);
         c.webhooks.batch_size = 3;
+        c.webhooks.events = vec![EventType::Message, EventType::Read];
     });
     for room in ["a", "b"] {
         server.create_room(room, "driver");
@@ -113,6 +115,7 @@ fn a_failing_or_hanging_endpoint_is_retried_and_the_chat_goes_on() {
     let server = TestServer::start_with(|c| {
         hooks(receiver.url(), c);
         c.webhooks.timeout_ms = 300;
+        c.webhooks.events = vec![EventType::Message];
     });
     server.create_room("r", "driver");
     for i in 1..=3 {
@@ -158,7 +161,7 @@ fn events_wait_for_a_dead_endpoint_and_survive_kill_9() {
     let addr = free_port();
     let data = tempfile::tempdir().unwrap();
     let config = config_toml(&format!(
-        "[webhooks]\nurl = \"http://{addr}/events\"\nsecret = \"{SECRET}\"\n"
+        "[webhooks]\nurl = \"http://{addr}/events\"\nsecret = \"{SECRET}\"\nnotify_delay_ms = 200\n"
     ));
     let mut p = Process::start(data.path(), &config);
     p.create_room("r", "driver");
@@ -176,6 +179,10 @@ fn events_wait_for_a_dead_endpoint_and_survive_kill_9() {
         count_messages(events) == 4
     });
     assert_eq!(messages_by_room(&events)["r"], [1, 2, 3, 4]);
+    // The offline driver's notifies were decided before the kill, or after the restart.
+    receiver.wait_for("a notify for each message", |events| {
+        (1..=4).all(|seq| events.iter().any(|e| e["id"] == format!("notify/r/{seq}")))
+    });
     assert_eq!(p.post_message("r", json!({"text": "m5"}))["seq"], 5);
     receiver.wait_for("the next one too", |events| count_messages(events) == 5);
 }
@@ -185,7 +192,7 @@ fn only_the_chosen_events_are_sent_and_the_oldest_go_over_max_pending() {
     let receiver = Receiver::start();
     let server = TestServer::start_with(|c| {
         hooks(receiver.url(), c);
-        c.webhooks.events = vec![chat_engine::config::EventType::Read];
+        c.webhooks.events = vec![EventType::Read];
     });
     server.create_room("r", "driver");
     server.add_member("r", "rider");
@@ -205,6 +212,7 @@ fn only_the_chosen_events_are_sent_and_the_oldest_go_over_max_pending() {
     let capped = TestServer::start_with(|c| {
         hooks(format!("http://{addr}/events"), c);
         c.webhooks.max_pending = 2;
+        c.webhooks.events = vec![EventType::Message];
     });
     capped.create_room("r", "driver");
     for i in 1..=5 {
@@ -221,4 +229,77 @@ fn only_the_chosen_events_are_sent_and_the_oldest_go_over_max_pending() {
     let back = Receiver::start_on(addr);
     let events = back.wait_for("the newest 2", |events| count_messages(events) == 2);
     assert_eq!(messages_by_room(&events)["r"], [4, 5]);
+}
+
+/// `notify` names every member but the sender who has not acknowledged the message within
+/// `webhooks.notify_delay_ms`: online and acknowledging (`received` or `read`): not named;
+/// online but frozen, or offline: named, each with their total unread; the sender never.
+#[test]
+fn notify_names_the_members_whose_apps_did_not_acknowledge() {
+    let receiver = Receiver::start();
+    let server = TestServer::start_with(|c| {
+        hooks(receiver.url(), c);
+        c.webhooks.notify_delay_ms = 300;
+    });
+    server.create_room("r", "driver");
+    for rider in ["acking", "frozen", "offline", "reading"] {
+        server.add_member("r", rider);
+    }
+    let mut clients: BTreeMap<&str, common::Client> = ["driver", "acking", "frozen", "reading"]
+        .into_iter()
+        .map(|user| (user, server.ws(user)))
+        .collect();
+    let sent = clients
+        .get_mut("driver")
+        .unwrap()
+        .send_msg("r", "at the pickup point");
+    assert_eq!(sent["seq"], 1);
+    for user in ["acking", "frozen", "reading"] {
+        clients.get_mut(user).unwrap().expect_push("message");
+    }
+    let acking = clients.get_mut("acking").unwrap();
+    acking.send_json(&json!({"type": "received", "room_id": "r", "seq": 1}));
+    let reading = clients.get_mut("reading").unwrap();
+    reading.request_ok(json!({"type": "read", "room_id": "r", "seq": 1}), "ok");
+    let events = receiver.wait_for("the notify", |events| {
+        events.iter().any(|e| e["type"] == "notify")
+    });
+    let notifies: Vec<&Value> = events.iter().filter(|e| e["type"] == "notify").collect();
+    assert_eq!(notifies.len(), 1, "one notify per message: {notifies:?}");
+    let notify = notifies[0];
+    assert_eq!(notify["id"], "notify/r/1");
+    assert_eq!(notify["room_id"], "r");
+    assert_eq!(notify["message"]["text"], "at the pickup point");
+    assert_eq!(
+        notify["users"],
+        json!([{"user_id": "frozen", "unread": 1}, {"user_id": "offline", "unread": 1}]),
+        "the frozen app and the offline member; not the sender, not those who acknowledged"
+    );
+    // A message everyone acknowledged in time makes no notify at all.
+    let clients_seq = clients
+        .get_mut("driver")
+        .unwrap()
+        .send_msg("r", "leaving now")["seq"]
+        .clone();
+    for user in ["acking", "frozen", "reading"] {
+        let client = clients.get_mut(user).unwrap();
+        client.expect_push("message");
+        client.send_json(&json!({"type": "received", "room_id": "r", "seq": clients_seq}));
+    }
+    let mut offline = server.ws("offline");
+    offline.send_json(&json!({"type": "received", "room_id": "r", "seq": clients_seq}));
+    std::thread::sleep(Duration::from_millis(900));
+    let late = receiver.acknowledged();
+    assert!(
+        !late.iter().any(|e| e["id"] == "notify/r/2"),
+        "everyone acknowledged seq 2: {late:?}"
+    );
+    assert_eq!(count_messages(&late), 2);
+    // `received` is for members only.
+    let mut stranger = server.ws("stranger");
+    let error = stranger.request_err(
+        json!({"type": "received", "room_id": "r", "seq": 1, "id": 7}),
+        "not_member",
+    );
+    assert_eq!(error["id"], 7);
 }

@@ -421,6 +421,7 @@ impl Engine {
             next
         });
         self.message_event(batch, &message);
+        self.pending_notify(batch, &message, &state.audience);
         let message = Arc::new(message);
         state.assign(message.clone());
         if kind.is_content() {

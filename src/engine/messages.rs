@@ -125,6 +125,20 @@ impl Engine {
         self.propose(proposal).await?.durable.wait().await
     }
 
+    /// `received`: the user's app has the room's messages up to `seq` (no reply; members
+    /// only). Kept in memory with the room: it only spares the user a `notify`.
+    pub async fn received(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
+        let room = self.open_room(room_id).await?;
+        let mut state = room.state();
+        if !state.is_member(user) {
+            return Err(Error::not_member(room_id.as_str()));
+        }
+        let seq = seq.min(state.committed.seq);
+        let acked = state.received.entry(user.clone()).or_default();
+        *acked = (*acked).max(seq);
+        Ok(())
+    }
+
     /// `typing`: tells the room's other members, best effort (never stored).
     pub async fn typing(&self, user: &UserId, room_id: &RoomId) -> Result<(), Error> {
         let room = self.open_room(room_id).await?;

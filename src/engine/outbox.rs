@@ -26,6 +26,26 @@ impl Engine {
         batch.event(event.to_string().into_bytes());
     }
 
+    /// For a `text` or `system` message: its pending `notify`, due `webhooks.notify_delay_ms`
+    /// after now, naming the members but the sender. Resolved by the webhook sender.
+    pub(super) fn pending_notify(&self, batch: &mut Batch, message: &Message, audience: &[UserId]) {
+        let hooks = &self.inner.config.webhooks;
+        if !hooks.sends(EventType::Notify) || !message.kind.is_content() {
+            return;
+        }
+        let users: Vec<&UserId> = audience
+            .iter()
+            .filter(|user| message.sender.as_ref() != Some(*user))
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let pending = json!({"room_id": message.room_id, "seq": message.seq, "users": users, "message": message});
+        let due = now_ms() + hooks.notify_delay_ms;
+        let json = pending.to_string().into_bytes();
+        batch.pending_notify(due, message.room_id.as_str(), message.seq, json);
+    }
+
     /// A `read` event for a read marker that moved to `seq`. The user's total unread count
     /// is added when it is sent, so it is current then.
     pub(super) fn read_event(&self, batch: &mut Batch, room_id: &RoomId, user: &UserId, seq: u64) {

@@ -95,6 +95,9 @@ pub struct RoomState {
     pub target_commits: u64,
     /// When a member last joined or left, or the room was created.
     pub membership_changed_ts: u64,
+    /// The highest seq each member's app said it received (`received`), since the room was
+    /// loaded: who a `notify` leaves out.
+    pub received: HashMap<UserId, u64>,
 }
 
 /// Where a target's current state is, as far as the room's memory knows.
@@ -191,6 +194,7 @@ impl RoomState {
             pending_targets: HashMap::new(),
             target_commits: 0,
             membership_changed_ts: 0,
+            received: HashMap::new(),
         };
         state.refresh_audience();
         state
@@ -209,6 +213,12 @@ impl RoomState {
 
     pub fn is_member(&self, user: &UserId) -> bool {
         self.members.contains_key(user)
+    }
+
+    /// Whether `user`'s app acknowledged message `seq`: received it, or read past it.
+    pub fn acknowledged(&self, user: &UserId, seq: u64) -> bool {
+        let read = self.members.get(user).is_some_and(|m| m.read_seq >= seq);
+        read || self.received.get(user).is_some_and(|r| *r >= seq)
     }
 
     /// Whether nothing assigned here waits for the disk: the room is as it is stored.

@@ -13,13 +13,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::events::{Event, Subscriber};
-use super::Engine;
+use super::{load, Engine};
 use crate::error::Error;
-use crate::protocol::{now_ms, RoomsPage, UserId};
+use crate::protocol::{now_ms, RoomId, RoomsPage, UserId};
 use crate::storage::Batch;
 use crate::sync::lock;
 
@@ -88,7 +88,8 @@ impl Engine {
         while !signal.stopping() {
             match self.deliver_once(&agent, &url) {
                 Ok(true) => failures = 0,
-                Ok(false) => signal.wait(Duration::from_secs(1)),
+                // Pending notifies fall due without a commit to wake the sender.
+                Ok(false) => signal.wait(Duration::from_millis(100)),
                 Err(reason) => {
                     self.inner.metrics.webhook_failures.inc();
                     log::warn!("webhooks: delivery to {url} failed (will retry): {reason}");
@@ -103,6 +104,7 @@ impl Engine {
     fn deliver_once(&self, agent: &ureq::Agent, url: &str) -> Result<bool, String> {
         let config = &self.inner.config.webhooks;
         let storage = &self.inner.storage;
+        self.resolve_notifies().map_err(|e| e.to_string())?;
         self.drop_over_max_pending().map_err(|e| e.to_string())?;
         let events = storage
             .events(config.batch_size)
@@ -121,6 +123,14 @@ impl Engine {
                     .total_unread(&event["user_id"])
                     .map_err(|e| e.to_string())?;
                 event["unread"] = total.into();
+            }
+            if let Some(users) = event["users"].as_array_mut() {
+                for user in users {
+                    let total = self
+                        .total_unread(&user["user_id"])
+                        .map_err(|e| e.to_string())?;
+                    user["unread"] = total.into();
+                }
             }
             bodies.push(event);
         }
@@ -146,6 +156,58 @@ impl Engine {
         let lag = now_ms().saturating_sub(oldest_ts.min(now_ms()));
         metrics.webhook_lag_seconds.observe(lag as f64 / 1000.0);
         Ok(true)
+    }
+
+    /// Turns the pending notifies that are due into `notify` events, naming the members who
+    /// are still members and whose apps have not acknowledged the message (`received` or
+    /// `read`); one with nobody left to tell makes no event. Each is resolved in one write:
+    /// the event in, the pending notify out.
+    fn resolve_notifies(&self) -> Result<(), Error> {
+        let storage = &self.inner.storage;
+        for (key, json) in storage.due_notifies(now_ms(), 100)? {
+            let pending: Value = serde_json::from_slice(&json)
+                .map_err(|e| Error::Internal(format!("a pending notify is not JSON: {e}")))?;
+            let seq = pending["seq"].as_u64().unwrap_or_default();
+            let users = pending["users"].as_array().cloned().unwrap_or_default();
+            let users: Vec<UserId> = users
+                .iter()
+                .filter_map(|u| UserId::parse(u.as_str().unwrap_or_default()).ok())
+                .collect();
+            let room_id = RoomId::parse(pending["room_id"].as_str().unwrap_or_default())?;
+            let room = match self.resident_room(&room_id) {
+                Some(room) => Some(room),
+                None => load::room(storage, &room_id, 0)?.map(Arc::new),
+            };
+            let to_tell: Vec<Value> = match room {
+                Some(room) => {
+                    let state = room.state();
+                    let untold =
+                        |user: &&UserId| state.is_member(user) && !state.acknowledged(user, seq);
+                    users
+                        .iter()
+                        .filter(untold)
+                        .map(|user| json!({ "user_id": user }))
+                        .collect()
+                }
+                // Closed meanwhile: its members left, nobody to tell.
+                None => Vec::new(),
+            };
+            let mut batch = Batch::new();
+            if !to_tell.is_empty() {
+                let event = json!({
+                    "id": format!("notify/{room_id}/{seq}"),
+                    "type": "notify",
+                    "ts": now_ms(),
+                    "room_id": room_id,
+                    "message": pending["message"],
+                    "users": to_tell,
+                });
+                batch.event(event.to_string().into_bytes());
+            }
+            batch.notify_resolved(key);
+            storage.write(batch.writes(), true)?;
+        }
+        Ok(())
     }
 
     /// Drops the oldest events beyond `webhooks.max_pending`, counting them.

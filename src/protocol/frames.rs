@@ -46,6 +46,11 @@ pub enum RequestBody {
         room_id: RoomId,
     },
     Resume(Resume),
+    /// The app has shown the room's messages up to `seq` (no reply).
+    Received {
+        room_id: RoomId,
+        seq: u64,
+    },
     Ping,
 }
 
@@ -325,6 +330,10 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
         "typing" => {
             fields::<RoomOnly>(text, &kind).map(|f| RequestBody::Typing { room_id: f.room_id })
         }
+        "received" => fields::<ReadFields>(text, &kind).map(|f| RequestBody::Received {
+            room_id: f.room_id,
+            seq: f.seq,
+        }),
         "resume" => fields::<Resume>(text, &kind)
             .and_then(Resume::validated)
             .map(RequestBody::Resume),
@@ -466,6 +475,7 @@ mod tests {
             r#"{"type":"react","room_id":"r","seq":3,"reaction":"👍","removed":true}"#,
             r#"{"type":"resume","rooms":{"r":{"seq":3,"epoch":"e"}},"limit":1000}"#,
             r#"{"type":"resume"}"#,
+            r#"{"type":"received","room_id":"r","seq":3}"#,
         ];
         for text in cases {
             assert!(parse_request(text).is_ok(), "{text}");

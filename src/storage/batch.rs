@@ -168,6 +168,20 @@ impl Batch {
         self.writes.push(KeyWrite::Event(json));
     }
 
+    /// A message's pending `notify` (its JSON), due at `due`.
+    pub fn pending_notify(&mut self, due: u64, room_id: &str, seq: u64, json: Vec<u8>) {
+        self.writes.push(KeyWrite::Put(
+            Cf::Notify,
+            keys::notify(due, room_id, seq),
+            json,
+        ));
+    }
+
+    /// Drops a pending `notify` (by its key, as [`super::Storage::due_notifies`] gave it).
+    pub fn notify_resolved(&mut self, key: Vec<u8>) {
+        self.writes.push(KeyWrite::Delete(Cf::Notify, key));
+    }
+
     /// Drops the outbox's events up to number `last` (delivered, or dropped over
     /// `webhooks.max_pending`).
     pub fn events_done(&mut self, last: u64) {

@@ -42,10 +42,13 @@ pub enum Cf {
     /// outbox number (u64 BE, in commit order) -> an event's JSON: the webhook events not
     /// delivered yet.
     Outbox,
+    /// due ts (u64 BE), room id, 0xFF, seq (u64 BE) -> a message's pending `notify` (JSON):
+    /// resolved into a `notify` event in the outbox once due.
+    Notify,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Rooms,
         Cf::Members,
         Cf::UserRooms,
@@ -55,6 +58,7 @@ impl Cf {
         Cf::Meta,
         Cf::Activity,
         Cf::Outbox,
+        Cf::Notify,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::Activity => "activity",
             Cf::Outbox => "outbox",
+            Cf::Notify => "notify",
         }
     }
 }
@@ -164,6 +169,20 @@ pub fn split_pair(key: &[u8]) -> Option<(&str, &str)> {
 /// `outbox` key.
 pub fn outbox(number: u64) -> [u8; 8] {
     number.to_be_bytes()
+}
+
+/// `notify` key: when it is due, then the message's room and seq.
+pub fn notify(due: u64, room_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = due.to_be_bytes().to_vec();
+    key.extend_from_slice(room_id.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The due ts of a `notify` key.
+pub fn notify_due(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?))
 }
 
 /// `messages` key.

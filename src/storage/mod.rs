@@ -200,6 +200,30 @@ impl Storage {
         Ok(found)
     }
 
+    /// Up to `limit` pending notifies due at or before `now`, oldest first: (key, JSON).
+    pub fn due_notifies(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut found = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(Cf::Notify), IteratorMode::Start)
+        {
+            let (key, value) = entry?;
+            let due = keys::notify_due(&key).ok_or_else(|| StorageError::Corrupt {
+                cf: Cf::Notify.name(),
+                reason: "bad notify key".into(),
+            })?;
+            if due > now || found.len() == limit {
+                break;
+            }
+            found.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(found)
+    }
+
     /// How many events the outbox holds, and the number of the oldest.
     pub fn events_pending(&self) -> Result<(u64, u64), StorageError> {
         let first = self

@@ -276,6 +276,12 @@ async fn handle<'a>(
                 left: &resumed.left,
             })
         }),
+        RequestBody::Received { room_id, seq } => {
+            match engine.received(user, &room_id, seq).await {
+                Ok(()) => return ready(None),
+                Err(error) => Err(error),
+            }
+        }
         RequestBody::Typing { room_id } => match engine.typing(user, &room_id).await {
             Ok(()) => return ready(None),
             Err(error) => Err(error),

@@ -136,6 +136,13 @@ async function signIn(browser, user) {
     await expectCount(again, "#messages li", 4, "bubbles after a resume");
     await again.close();
 
+    // Bob's page said it received every message it shows, so he is spared their pushes.
+    const acknowledged = await bob.evaluate(() =>
+      Math.max(0, ...window.demoDebug.sent.filter((f) => f.type === "received" && f.room_id === "route-1").map((f) => f.seq)),
+    );
+    const shown = await bob.evaluate(() => Math.max(...window.demoDebug.received.filter((f) => f.type === "message").map((f) => f.message.seq)));
+    if (acknowledged !== shown) throw new Error(`bob acknowledged up to seq ${acknowledged}, shown ${shown}`);
+
     await bob.screenshot({ path: screenshot, fullPage: true });
     console.log(`ok; screenshot in ${screenshot}`);
   } finally {

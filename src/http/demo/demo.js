@@ -394,6 +394,7 @@ function drain(roomId, history) {
 function append(roomId, history, message, apply) {
   history.lastSeq = message.seq;
   noteInRoom(roomId, message);
+  acknowledgeSoon(roomId, message.seq);
   if (!isChange(message)) {
     history.messages.set(message.seq, message);
     return message;
@@ -402,6 +403,23 @@ function append(roomId, history, message, apply) {
   if (!target || !apply) return null; // older than the cache, or already in its target
   applyChange(target, message);
   return target;
+}
+
+// `received` tells the server the page has a room's messages up to a seq, so this user gets
+// no push notification for them: one frame per room for what arrived together.
+const toAcknowledge = new Map();
+
+function acknowledgeSoon(roomId, seq) {
+  if (toAcknowledge.size === 0) setTimeout(sendAcknowledgements, 0);
+  toAcknowledge.set(roomId, Math.max(seq, toAcknowledge.get(roomId) || 0));
+}
+
+function sendAcknowledgements() {
+  const socket = state.socket;
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    for (const [roomId, seq] of toAcknowledge) sendFrame(socket, { type: "received", room_id: roomId, seq });
+  }
+  toAcknowledge.clear();
 }
 
 // Moves a room's last seq and ts on. A message beyond the room's `last_seq` is one its
