@@ -128,6 +128,9 @@ pub struct Expired {
     pub newest: StampRecord,
 }
 
+/// A pending notify that is due: its key (to resolve it) and its JSON.
+pub type DueNotify = (Vec<u8>, Vec<u8>);
+
 /// Where a message range starts and which way it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqRange {
@@ -200,12 +203,8 @@ impl Storage {
         Ok(found)
     }
 
-    /// Up to `limit` pending notifies due at or before `now`, oldest first: (key, JSON).
-    pub fn due_notifies(
-        &self,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    /// Up to `limit` pending notifies due at or before `now`, oldest first.
+    pub fn due_notifies(&self, now: u64, limit: usize) -> Result<Vec<DueNotify>, StorageError> {
         let mut found = Vec::new();
         for entry in self
             .db
