@@ -55,11 +55,14 @@ async function shown(page) {
   );
 }
 
-// Exactly the server's messages, in seq order, none twice.
+// Exactly the server's messages, in seq order, none twice. The server's history is read
+// first, so everything in it must be posted (and stored) before the call. The wait is for
+// the page to reach at least its last seq: a page that shows more than the server had then
+// fails on the comparison, with both lists, rather than as a timeout.
 async function expectServersHistory(page, room, what) {
   const expected = await serverMessages(room);
   await page.waitForFunction(
-    (last) => Number(document.querySelector("#messages li:last-child")?.dataset.seq) === last,
+    (last) => Number(document.querySelector("#messages li:last-child")?.dataset.seq) >= last,
     expected[expected.length - 1].seq,
   );
   const messages = await shown(page);
@@ -111,6 +114,11 @@ async function waitForPushes(page, prefix, count) {
     for (const text of ["one", "two", "three"]) await post("route-1", text);
     await page.fill("#text", "four");
     await page.click("#compose button");
+    // The click only hands "four" to the page, which sends it over the WebSocket: wait for
+    // the server's `sent` reply, so the history read below (over REST) already has it.
+    // (Read any earlier, it could end at 3 while the page soon showed 4, and the wait for
+    // seq 3 as the last message then timed out.)
+    await page.waitForFunction(() => window.demoDebug.received.some((f) => f.type === "sent"));
     await expectServersHistory(page, "route-1", "live");
     const { epoch } = await api("GET", "/v1/rooms/route-1");
     check(typeof epoch === "string" && epoch, `route-1's epoch: ${epoch}`);
