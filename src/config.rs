@@ -434,13 +434,6 @@ impl Config {
                     "webhooks.url {url:?} is not an http:// or https:// URL"
                 ));
             }
-            if self.cluster.redis_url.is_some() {
-                return invalid(
-                    "webhooks.url is not supported in cluster mode yet: every node would send \
-                     every event"
-                        .into(),
-                );
-            }
             let hooks = &self.webhooks;
             if hooks.secret.is_empty() || hooks.batch_size == 0 || hooks.timeout_ms == 0 {
                 return invalid(
@@ -488,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn webhooks_need_an_http_url_and_a_single_node() {
+    fn webhooks_need_an_http_url_a_secret_and_limits() {
         let hooks = |extra: &str| parse(&format!("[webhooks]\nurl = \"http://x/e\"\n{extra}"));
         let config = hooks("events = [\"read\"]").unwrap();
         assert!(config.webhooks.sends(EventType::Read));
@@ -502,7 +495,6 @@ mod tests {
             parse("[webhooks]\nurl = \"ftp://x\"\n"),
             hooks("batch_size = 0"),
             hooks("events = [\"shout\"]"),
-            parse("[webhooks]\nurl = \"http://x/e\"\n[cluster]\nredis_url = \"redis://r\"\n"),
         ];
         for refusal in refused {
             assert!(refusal.is_err(), "{refusal:?}");

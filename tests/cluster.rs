@@ -741,3 +741,87 @@ fn every_node_names_the_cluster_epoch_and_resumes_what_another_took() {
     let reply = driver.request_ok(frame, "resumed");
     assert_eq!(reply["reset"], json!(["r-ep"]), "{reply}");
 }
+
+/// Webhooks in cluster mode: each change's events are written by the node that asked for
+/// it, so every event is sent once for the whole cluster, with one id; a `received` on one
+/// node spares a `notify` that another node decides.
+#[test]
+fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
+    if !available("each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let receiver = common::receiver::Receiver::start();
+    let hooks = format!(
+        "[webhooks]\nurl = \"{}\"\nsecret = \"cluster-secret\"\nnotify_delay_ms = 700\n",
+        receiver.url()
+    );
+    let (a, b) = (
+        Node::start_with(&redis.url(), false, &hooks),
+        Node::start_with(&redis.url(), false, &hooks),
+    );
+    a.create_room("r-wh", "driver");
+    a.add_member("r-wh", "rider");
+    a.add_member("r-wh", "away");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.rest("GET", "/v1/rooms/r-wh", None).1["members"]
+        .as_array()
+        .map(Vec::len)
+        != Some(3)
+    {
+        assert!(Instant::now() < deadline, "node b never saw the members");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut driver = a.ws("driver");
+    let mut rider = b.ws("rider");
+    for i in 1..=3 {
+        driver.send_msg("r-wh", &format!("m{i}"));
+    }
+    b.post_message("r-wh", json!({"text": "from node b"}));
+    for _ in 0..4 {
+        let push = rider.expect_push("message");
+        let seq = push["message"]["seq"].clone();
+        rider.send_json(&json!({"type": "received", "room_id": "r-wh", "seq": seq}));
+    }
+    let events = receiver.wait_for("4 messages and 4 notifies", |events| {
+        let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+        count("message") >= 4 && count("notify") >= 4
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let events = receiver
+        .acknowledged()
+        .into_iter()
+        .chain(events)
+        .collect::<Vec<_>>();
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for event in receiver.acknowledged() {
+        *ids.entry(event["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert!(ids.values().all(|n| *n == 1), "every event once: {ids:?}");
+    for seq in 1..=4 {
+        assert!(ids.contains_key(&format!("message/r-wh/{seq}")), "{ids:?}");
+    }
+    let notify = |seq: u64| {
+        let id = format!("notify/r-wh/{seq}");
+        let found = events.iter().find(|e| e["id"] == id);
+        found.map(|e| e["users"].clone()).unwrap_or_default()
+    };
+    for seq in 1..=3 {
+        // Decided on node a; the rider acknowledged on node b; the driver sent it.
+        assert_eq!(
+            notify(seq),
+            json!([{"user_id": "away", "unread": 4}]),
+            "seq {seq}"
+        );
+    }
+    // Decided on node b, from RouteAPI: the driver's app (on node a) never acknowledged.
+    let users = notify(4);
+    let named: Vec<_> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].clone())
+        .collect();
+    assert_eq!(named, [json!("away"), json!("driver")], "{users}");
+}

@@ -135,6 +135,10 @@ pub struct Cluster {
     /// data, shard count differs): it stays not ready until an operator acts.
     broken: Mutex<Option<String>>,
     typing_in_flight: AtomicUsize,
+    /// This node's name (its data directory's epoch) and the log cap, as every script's
+    /// `<max_len>:<node>` argument: a logged change names the node that asked for it.
+    node: String,
+    append_spec: String,
 }
 
 /// A change Redis has logged, not yet applied here.
@@ -158,6 +162,7 @@ impl Pending {
 impl Cluster {
     /// Reads this node's log positions; connects later, in [`Cluster::keep_up`].
     pub fn new(config: &ClusterConfig, storage: &Storage) -> Result<Cluster, StartError> {
+        let node = storage.epoch()?;
         let url = config.redis_url.as_deref().unwrap_or_default();
         let link = Link::new(url, config.redis_cluster)
             .map_err(|e| StartError::Redis(format!("cluster.redis_url {url:?}: {e}")))?;
@@ -177,6 +182,8 @@ impl Cluster {
             epoch: Mutex::new(storage.cluster_epoch()?),
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
+            append_spec: format!("{}:{node}", config.log_max_len),
+            node,
         })
     }
 
@@ -294,7 +301,7 @@ impl Cluster {
                 .arg(&dedup)
                 .arg(floor.seq)
                 .arg(floor.ts)
-                .arg(self.config.log_max_len)
+                .arg(&self.append_spec)
                 .arg(&encoded)
                 .arg(&target)
                 .arg(&version)
@@ -417,7 +424,7 @@ impl Cluster {
         for arg in &args {
             invocation.arg(arg);
         }
-        invocation.arg(self.config.log_max_len).arg(encoded);
+        invocation.arg(&self.append_spec).arg(encoded);
         for member in &members {
             invocation.arg(member);
         }
@@ -439,9 +446,10 @@ impl Cluster {
         })
     }
 
-    /// Sends a typing indicator to every node (this one included), best effort: dropped
-    /// while Redis is unreachable or too many are on their way.
-    fn typing(self: &Arc<Self>, room_id: &RoomId, user: &UserId) {
+    /// Sends a typing indicator, or with `seq` a `received`, to every node (this one
+    /// included), best effort: dropped while Redis is unreachable or too many are on their
+    /// way.
+    fn broadcast(self: &Arc<Self>, room_id: &RoomId, user: &UserId, seq: Option<u64>) {
         let Ok(mut conn) = self.conn() else {
             return;
         };
@@ -459,6 +467,9 @@ impl Cluster {
             .arg(room_id.as_str())
             .arg("user")
             .arg(user.as_str());
+        if let Some(seq) = seq {
+            xadd.arg("seq").arg(seq);
+        }
         let cluster = self.clone();
         smol::spawn(async move {
             let added: Result<Value, _> = xadd.query_async(&mut conn).await;
@@ -613,7 +624,10 @@ impl Cluster {
                                     .get::<String>("user")
                                     .and_then(|u| UserId::parse(&u).ok()),
                             ) {
-                                engine.push_typing(&room, &user);
+                                match entry.get::<u64>("seq") {
+                                    Some(seq) => engine.note_received(&room, &user, seq),
+                                    None => engine.push_typing(&room, &user),
+                                }
                             }
                         }
                     } else {
@@ -647,6 +661,9 @@ impl Cluster {
         };
         let mut completions = Vec::new();
         for entry in &entries {
+            // The node that asked for a change writes its webhook events; the others only
+            // apply it, so each event is sent once for the whole cluster.
+            let asked_here = entry.get::<String>("node").as_deref() == Some(self.node.as_str());
             let change = match change_of(entry) {
                 Ok(change) => change,
                 Err(why) => {
@@ -655,7 +672,7 @@ impl Cluster {
                     continue;
                 }
             };
-            let Applied { completion, gap } = engine.apply(change).await?;
+            let Applied { completion, gap } = engine.apply(change, asked_here).await?;
             if let Some(missing) = gap {
                 self.set_broken(format!(
                     "log {shard} no longer holds {missing} (the node was away longer than \
@@ -731,7 +748,11 @@ impl Authority for Arc<Cluster> {
     }
 
     fn typing(&self, _engine: &Engine, room_id: &RoomId, user: &UserId) {
-        Cluster::typing(self, room_id, user);
+        self.broadcast(room_id, user, None);
+    }
+
+    fn received(&self, _engine: &Engine, room_id: &RoomId, user: &UserId, seq: u64) {
+        self.broadcast(room_id, user, Some(seq));
     }
 
     fn is_ready(&self) -> bool {

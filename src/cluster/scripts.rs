@@ -95,8 +95,12 @@ local function last_id(log)
   if #last == 0 then return '0-0' end
   return last[1][1]
 end
-local function append(log, max_len, ...)
-  return redis.call('XADD', log, 'MAXLEN', '~', max_len, '*', ...)
+-- `spec` is the log's length cap and the asking node's name, `<max_len>:<node>` (a node
+-- from before names were sent gives the cap alone). Each entry says which node asked, so
+-- that node alone writes the change's webhook events.
+local function append(log, spec, ...)
+  local max_len, node = string.match(spec, '^(%d+):?(.*)$')
+  return redis.call('XADD', log, 'MAXLEN', '~', max_len, '*', 'node', node, ...)
 end
 local function now_ms()
   local t = redis.call('TIME')

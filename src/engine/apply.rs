@@ -37,7 +37,10 @@ impl Engine {
     /// queueing its writes behind every change applied before it. Applying again what was
     /// applied already changes nothing, because a node that stops between applying and
     /// recording its log position applies it again.
-    pub async fn apply(&self, change: Change) -> Result<Applied, Error> {
+    ///
+    /// `events`: whether this node writes the change's webhook events (in cluster mode, the
+    /// node that asked for the change).
+    pub async fn apply(&self, change: Change, events: bool) -> Result<Applied, Error> {
         let room_id = change.room_id().clone();
         match change {
             Change::Created { .. } | Change::Closed { .. } => {
@@ -58,7 +61,7 @@ impl Engine {
                 let mut change = change;
                 loop {
                     let slot = self.inner.writer.reserve().await;
-                    match self.apply_in_room(slot, &room, change, read.as_ref()) {
+                    match self.apply_in_room(slot, &room, change, read.as_ref(), events) {
                         Ok(applied) => return Ok(applied),
                         Err(OnDisk {
                             change: back,
@@ -82,6 +85,7 @@ impl Engine {
         room: &Arc<Room>,
         change: Change,
         read: Option<&(u64, Option<Arc<Message>>)>,
+        events: bool,
     ) -> Result<Applied, OnDisk> {
         let mut state = room.state();
         let mut target = None;
@@ -108,7 +112,7 @@ impl Engine {
                 }
             }
         }
-        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target);
+        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target, events);
         Ok(Applied {
             completion: Some(completion),
             gap: None,
@@ -262,7 +266,7 @@ impl Engine {
     /// Applies a change inside an open room, under its lock. `target` is the current state
     /// of a change message's target (`None` when it is gone). A change that was made already
     /// (a member who is one, a marker already there) submits a barrier and answers
-    /// [`Made::Before`].
+    /// [`Made::Before`]. With `events`, the change's webhook events go in its batch.
     pub(super) fn apply_to_room(
         &self,
         slot: Slot,
@@ -270,8 +274,9 @@ impl Engine {
         state: &mut RoomState,
         change: Change,
         target: Option<Arc<Message>>,
+        events: bool,
     ) -> (Made, Completion) {
-        match self.transition(room, state, change, target) {
+        match self.transition(room, state, change, target, events) {
             Some((batch, committed)) => (Made::Now, self.submit(slot, room, batch, committed)),
             None => (Made::Before, self.barrier(slot, room)),
         }
@@ -285,6 +290,7 @@ impl Engine {
         state: &mut RoomState,
         change: Change,
         target: Option<Arc<Message>>,
+        events: bool,
     ) -> Option<(Batch, Committed)> {
         let room_id = &room.id;
         let mut batch = Batch::new();
@@ -355,7 +361,7 @@ impl Engine {
                 };
                 state.members.insert(user_id.clone(), moved);
                 batch.read_record(user_id.as_str(), room_id.as_str(), read_record(moved));
-                if read_seq > member.read_seq {
+                if events && read_seq > member.read_seq {
                     self.read_event(&mut batch, room_id, &user_id, read_seq);
                 }
                 Committed {
@@ -368,7 +374,13 @@ impl Engine {
                 }
             }
             Change::Posted { seq, ts, post, .. } => {
-                self.apply_post(room, state, &mut batch, Stamp { seq, ts }, post, target)
+                let stamp = Stamp { seq, ts };
+                let committed = self.apply_post(room, state, &mut batch, stamp, post, target);
+                if let Some(message) = committed.message.as_deref().filter(|_| events) {
+                    self.message_event(&mut batch, message);
+                    self.pending_notify(&mut batch, message, &state.audience);
+                }
+                committed
             }
             Change::Created { .. } | Change::Closed { .. } => return None,
         };
@@ -420,8 +432,6 @@ impl Engine {
             state.target_changing(next.clone(), stamp.seq);
             next
         });
-        self.message_event(batch, &message);
-        self.pending_notify(batch, &message, &state.audience);
         let message = Arc::new(message);
         state.assign(message.clone());
         if kind.is_content() {

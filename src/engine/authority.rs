@@ -25,6 +25,10 @@ pub trait Authority: Send + Sync + 'static {
     /// Tells the other members of `room_id` that `user` is typing, best effort.
     fn typing(&self, engine: &Engine, room_id: &RoomId, user: &UserId);
 
+    /// Tells every node that `user`'s app received `room_id` up to `seq` (what spares them
+    /// a `notify`, whichever node decides it), best effort.
+    fn received(&self, engine: &Engine, room_id: &RoomId, user: &UserId, seq: u64);
+
     /// Whether it can decide now (`/readyz`).
     fn is_ready(&self) -> bool;
 

@@ -37,6 +37,10 @@ impl Authority for Local {
         engine.push_typing(room_id, user);
     }
 
+    fn received(&self, engine: &Engine, room_id: &RoomId, user: &UserId, seq: u64) {
+        engine.note_received(room_id, user, seq);
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
@@ -115,7 +119,7 @@ impl Engine {
         let mut state = room.state();
         room.ensure_open(&state)?;
         let change = decide((&room, &state))?;
-        let (made, completion) = self.apply_to_room(slot, &room, &mut state, change, None);
+        let (made, completion) = self.apply_to_room(slot, &room, &mut state, change, None, true);
         Ok(decided(made, Durable::Commit(completion)))
     }
 }
@@ -281,7 +285,7 @@ impl Engine {
             ts: stamp.ts,
             post,
         };
-        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target);
+        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target, true);
         Ok(Ok(Decided {
             made: Made::Now,
             stamp: Some(stamp),

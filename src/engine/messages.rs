@@ -129,14 +129,28 @@ impl Engine {
     /// only). Kept in memory with the room: it only spares the user a `notify`.
     pub async fn received(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
         let room = self.open_room(room_id).await?;
-        let mut state = room.state();
-        if !state.is_member(user) {
-            return Err(Error::not_member(room_id.as_str()));
-        }
-        let seq = seq.min(state.committed.seq);
-        let acked = state.received.entry(user.clone()).or_default();
-        *acked = (*acked).max(seq);
+        let seq = {
+            let state = room.state();
+            if !state.is_member(user) {
+                return Err(Error::not_member(room_id.as_str()));
+            }
+            seq.min(state.committed.seq)
+        };
+        // In cluster mode it reaches every node, this one included.
+        self.inner.authority.received(self, room_id, user, seq);
         Ok(())
+    }
+
+    /// Records a `received` (from this node or another) in the room, if it is in memory.
+    pub fn note_received(&self, room_id: &RoomId, user: &UserId, seq: u64) {
+        let Some(room) = self.resident_room(room_id) else {
+            return;
+        };
+        let mut state = room.state();
+        if state.is_member(user) {
+            let acked = state.received.entry(user.clone()).or_default();
+            *acked = (*acked).max(seq);
+        }
     }
 
     /// `typing`: tells the room's other members, best effort (never stored).
