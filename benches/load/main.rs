@@ -17,6 +17,7 @@ mod idle;
 mod resume;
 mod scale;
 mod target;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -88,6 +89,12 @@ fn main() {
     if std::env::var_os("LOAD_IDLE").is_some() {
         let engine = idle::rss_per_connection(&Target::chat_engine(), 5_000);
         println!("3: RSS per idle connection (5000 connections): chat-engine {engine:.1} KiB");
+        return;
+    }
+    // LOAD_WEBHOOKS=1 measures only durable writes with webhooks on and off, and the
+    // events' delivery lag at 1,000 msgs/s (scenario 7).
+    if std::env::var_os("LOAD_WEBHOOKS").is_some() {
+        print_webhooks(&webhooks::run(measure));
         return;
     }
     // LOAD_RESUME=N measures only the app's start-up after time away (scenario 6), with N
@@ -361,5 +368,20 @@ fn print_resume(outcome: &resume::Outcome) {
         ms(v1, 0.5),
         ms(v1, 0.99),
         ms(v1, 0.99) / ms(resume, 0.99)
+    );
+}
+
+/// Scenario 7: webhooks on against off, and how late events arrive.
+fn print_webhooks(results: &webhooks::Results) {
+    let (without, with) = (results.without.sent_per_s, results.with.sent_per_s);
+    println!(
+        "7: durable writes (100 rooms x 1, saturation): {without:.0} msgs/s without webhooks, \
+         {with:.0} msgs/s with them ({:.2}x); at {} msgs/s, {} events delivered, lag p50 \
+         {:.1} ms, p99 {:.1} ms",
+        with / without,
+        results.rate,
+        results.delivered,
+        results.lag_us.value_at_quantile(0.5) as f64 / 1000.0,
+        results.lag_us.value_at_quantile(0.99) as f64 / 1000.0,
     );
 }

@@ -73,7 +73,16 @@ impl Target {
     /// chat-engine on a data directory that `seed` fills (given the path `--data` will name,
     /// which does not exist yet) before the process starts.
     pub fn chat_engine_seeded(seed: impl FnOnce(&Path)) -> Target {
-        let (child, addr, dir, started) = Self::start_node_seeded("", seed);
+        Self::chat_engine_configured("", seed)
+    }
+
+    /// chat-engine with `extra_config` appended to its config file.
+    pub fn chat_engine_with(extra_config: &str) -> Target {
+        Self::chat_engine_configured(extra_config, |_| {})
+    }
+
+    fn chat_engine_configured(extra_config: &str, seed: impl FnOnce(&Path)) -> Target {
+        let (child, addr, dir, started) = Self::start_node_seeded(extra_config, seed);
         Target {
             kind: Kind::ChatEngine,
             addr,

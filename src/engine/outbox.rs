@@ -16,14 +16,27 @@ impl Engine {
         if !self.inner.config.webhooks.sends(EventType::Message) {
             return;
         }
-        let event = json!({
-            "id": format!("message/{}/{}", message.room_id, message.seq),
-            "type": "message",
-            "ts": message.ts,
-            "room_id": message.room_id,
-            "message": message,
-        });
-        batch.event(event.to_string().into_bytes());
+        // Written straight from the message (this is on the send path); `id` comes first,
+        // which is how the sender tells the events it must fill in from those it must not.
+        #[derive(serde::Serialize)]
+        struct MessageEvent<'a> {
+            id: String,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            ts: u64,
+            room_id: &'a RoomId,
+            message: &'a Message,
+        }
+        let event = MessageEvent {
+            id: format!("message/{}/{}", message.room_id, message.seq),
+            kind: "message",
+            ts: message.ts,
+            room_id: &message.room_id,
+            message,
+        };
+        // Messages hold only strings, numbers and JSON already parsed: encoding cannot fail.
+        let json = serde_json::to_vec(&event).expect("events always encode");
+        batch.event(json);
     }
 
     /// For a `text` or `system` message: its pending `notify`, due `webhooks.notify_delay_ms`

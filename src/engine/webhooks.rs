@@ -85,8 +85,10 @@ impl Engine {
                 .build(),
         );
         let mut failures: u32 = 0;
+        // The number the oldest undelivered event has at least.
+        let mut cursor = 0;
         while !signal.stopping() {
-            match self.deliver_once(&agent, &url) {
+            match self.deliver_once(&agent, &url, &mut cursor) {
                 Ok(true) => failures = 0,
                 // Pending notifies fall due without a commit to wake the sender.
                 Ok(false) => signal.wait(Duration::from_millis(100)),
@@ -100,62 +102,77 @@ impl Engine {
         }
     }
 
-    /// Sends the oldest batch. `Ok(false)` when the outbox is empty.
-    fn deliver_once(&self, agent: &ureq::Agent, url: &str) -> Result<bool, String> {
+    /// Sends the oldest batch, from `cursor` on, and moves `cursor` past it. `Ok(false)`
+    /// when the outbox is empty.
+    fn deliver_once(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        cursor: &mut u64,
+    ) -> Result<bool, String> {
         let config = &self.inner.config.webhooks;
         let storage = &self.inner.storage;
         self.resolve_notifies().map_err(|e| e.to_string())?;
-        self.drop_over_max_pending().map_err(|e| e.to_string())?;
+        self.drop_over_max_pending(cursor)
+            .map_err(|e| e.to_string())?;
         let events = storage
-            .events(config.batch_size)
+            .events(*cursor, config.batch_size)
             .map_err(|e| e.to_string())?;
         let Some(&(last, _)) = events.last() else {
             self.inner.metrics.webhook_pending.set(0);
             return Ok(false);
         };
-        let mut oldest_ts = u64::MAX;
-        let mut bodies = Vec::with_capacity(events.len());
-        for (_, json) in &events {
-            let mut event: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-            oldest_ts = oldest_ts.min(event["ts"].as_u64().unwrap_or(u64::MAX));
-            if event["type"] == "read" {
-                let total = self
-                    .total_unread(&event["user_id"])
-                    .map_err(|e| e.to_string())?;
-                event["unread"] = total.into();
+        let mut body = br#"{"events":["#.to_vec();
+        for (i, (_, json)) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
             }
-            if let Some(users) = event["users"].as_array_mut() {
-                for user in users {
-                    let total = self
-                        .total_unread(&user["user_id"])
-                        .map_err(|e| e.to_string())?;
-                    user["unread"] = total.into();
-                }
-            }
-            bodies.push(event);
+            body.extend_from_slice(&self.with_unread(json).map_err(|e| e.to_string())?);
         }
-        let body = serde_json::json!({ "events": bodies }).to_string();
-        let signature = sign(&config.secret, body.as_bytes());
+        body.extend_from_slice(b"]}");
+        let signature = sign(&config.secret, &body);
         let response = agent
             .post(url)
             .header("Content-Type", "application/json")
             .header(SIGNATURE_HEADER, &format!("sha256={signature}"))
-            .send(body.as_bytes())
+            .send(&body[..])
             .map_err(|e| e.to_string())?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("the endpoint answered {status}"));
         }
         let mut done = Batch::new();
-        done.events_done(last);
+        done.events_delivered(events.iter().map(|(number, _)| *number));
         storage
             .write(done.writes(), false)
             .map_err(|e| e.to_string())?;
+        *cursor = last + 1;
         let metrics = &self.inner.metrics;
         metrics.webhook_delivered.inc_by(events.len() as u64);
-        let lag = now_ms().saturating_sub(oldest_ts.min(now_ms()));
+        let oldest: Option<Stamped> = serde_json::from_slice(&events[0].1).ok();
+        let lag = now_ms().saturating_sub(oldest.map_or(now_ms(), |e| e.ts));
         metrics.webhook_lag_seconds.observe(lag as f64 / 1000.0);
         Ok(true)
+    }
+
+    /// An event as sent: `read` and `notify` events get the users' total unread counts now;
+    /// the others go as they were stored, byte for byte.
+    fn with_unread(&self, json: &[u8]) -> Result<Vec<u8>, Error> {
+        let filled = [&br#"{"id":"read/"#[..], &br#"{"id":"notify/"#[..]];
+        if !filled.iter().any(|prefix| json.starts_with(prefix)) {
+            return Ok(json.to_vec());
+        }
+        let mut event: Value = serde_json::from_slice(json)
+            .map_err(|e| Error::Internal(format!("an outbox event is not JSON: {e}")))?;
+        if event["type"] == "read" {
+            event["unread"] = self.total_unread(&event["user_id"])?.into();
+        }
+        if let Some(users) = event["users"].as_array_mut() {
+            for user in users {
+                user["unread"] = self.total_unread(&user["user_id"])?.into();
+            }
+        }
+        Ok(event.to_string().into_bytes())
     }
 
     /// Turns the pending notifies that are due into `notify` events, naming the members who
@@ -211,8 +228,8 @@ impl Engine {
     }
 
     /// Drops the oldest events beyond `webhooks.max_pending`, counting them.
-    fn drop_over_max_pending(&self) -> Result<(), Error> {
-        let (pending, oldest) = self.inner.storage.events_pending()?;
+    fn drop_over_max_pending(&self, cursor: &mut u64) -> Result<(), Error> {
+        let (pending, oldest) = self.inner.storage.events_pending(*cursor)?;
         let max = self.inner.config.webhooks.max_pending;
         self.inner.metrics.webhook_pending.set(pending as i64);
         if pending <= max {
@@ -220,8 +237,9 @@ impl Engine {
         }
         let over = pending - max;
         let mut dropped = Batch::new();
-        dropped.events_done(oldest + over - 1);
+        dropped.events_dropped_through(oldest + over - 1);
         self.inner.storage.write(dropped.writes(), false)?;
+        *cursor = oldest + over;
         self.inner.metrics.webhook_dropped.inc_by(over);
         log::warn!("webhooks: {over} events dropped, over webhooks.max_pending ({max})");
         Ok(())
@@ -233,6 +251,12 @@ impl Engine {
         let rooms = self.rooms_of_blocking(&user, &RoomsPage::default())?;
         Ok(rooms.rooms.iter().filter_map(|room| room.unread).sum())
     }
+}
+
+/// The one field of an event the sender reads itself.
+#[derive(serde::Deserialize)]
+struct Stamped {
+    ts: u64,
 }
 
 /// Hex HMAC-SHA256 of `body` under `secret`.

@@ -182,9 +182,16 @@ impl Batch {
         self.writes.push(KeyWrite::Delete(Cf::Notify, key));
     }
 
-    /// Drops the outbox's events up to number `last` (delivered, or dropped over
-    /// `webhooks.max_pending`).
-    pub fn events_done(&mut self, last: u64) {
+    /// Drops delivered events, by number.
+    pub fn events_delivered(&mut self, numbers: impl IntoIterator<Item = u64>) {
+        for number in numbers {
+            self.writes
+                .push(KeyWrite::Delete(Cf::Outbox, keys::outbox(number).to_vec()));
+        }
+    }
+
+    /// Drops the outbox's events up to number `last` (over `webhooks.max_pending`).
+    pub fn events_dropped_through(&mut self, last: u64) {
         self.writes.push(KeyWrite::DeleteRange(
             Cf::Outbox,
             keys::outbox(0).to_vec(),

@@ -188,12 +188,14 @@ impl Storage {
     }
 
     /// Up to `limit` events of the outbox, oldest first, with their numbers.
-    pub fn events(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    ///
+    /// It starts at number `from`: the reader keeps where it is, so it never walks over the
+    /// delete markers of what it delivered.
+    pub fn events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let mut found = Vec::new();
-        for entry in self
-            .db
-            .iterator_cf(self.cf(Cf::Outbox), IteratorMode::Start)
-        {
+        let start = keys::outbox(from);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for entry in self.db.iterator_cf(self.cf(Cf::Outbox), mode) {
             let (key, value) = entry?;
             if found.len() == limit {
                 break;
@@ -224,10 +226,13 @@ impl Storage {
     }
 
     /// How many events the outbox holds, and the number of the oldest.
-    pub fn events_pending(&self) -> Result<(u64, u64), StorageError> {
+    /// Looks from number `from` on.
+    pub fn events_pending(&self, from: u64) -> Result<(u64, u64), StorageError> {
+        let start = keys::outbox(from);
+        let mode = IteratorMode::From(&start, Direction::Forward);
         let first = self
             .db
-            .iterator_cf(self.cf(Cf::Outbox), IteratorMode::Start)
+            .iterator_cf(self.cf(Cf::Outbox), mode)
             .next()
             .transpose()?
             .map(|(key, _)| event_number(&key))
