@@ -1,4 +1,9 @@
-//! Who is calling: app users by HS256 JWT, RouteAPI by static API key.
+//! Who is calling: app users by JWT (HS256 with the shared secret, or RS256, ES256 and
+//! EdDSA with the configured public keys), RouteAPI by static API key.
+//!
+//! A token is checked only with a key made for its `alg`: the secret for HS256, a public key
+//! of the matching kind otherwise. So `alg: none`, a public key used as an HS256 secret, and
+//! an algorithm no key is for are all refused.
 
 use std::time::Duration;
 
@@ -23,19 +28,42 @@ struct Claims {
 
 /// Checks app tokens and RouteAPI keys; built once from config and shared.
 pub struct Authenticator {
-    decoding: DecodingKey,
-    validation: Validation,
+    /// Every key with the one algorithm it verifies: the secret for HS256 first.
+    keys: Vec<(Algorithm, DecodingKey)>,
+    issuer: Option<String>,
+    audience: Option<String>,
     api_keys: Vec<Vec<u8>>,
+}
+
+/// A public key in PEM and the algorithm it verifies (config validation refuses any other).
+pub fn public_key(pem: &str) -> Result<(Algorithm, DecodingKey), String> {
+    // A private key would verify too, but it has no business in this server's config.
+    if !pem.contains("-----BEGIN PUBLIC KEY-----") {
+        return Err("not a public key in PEM (-----BEGIN PUBLIC KEY-----)".into());
+    }
+    let pem = pem.as_bytes();
+    DecodingKey::from_rsa_pem(pem)
+        .map(|key| (Algorithm::RS256, key))
+        .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (Algorithm::ES256, key)))
+        .or_else(|_| DecodingKey::from_ed_pem(pem).map(|key| (Algorithm::EdDSA, key)))
+        .map_err(|_| "not an RSA, P-256 or Ed25519 public key in PEM".to_owned())
 }
 
 impl Authenticator {
     pub fn new(config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = EXP_LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let secret = (
+            Algorithm::HS256,
+            DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+        );
+        // Config validation has parsed each of them already.
+        let public = config
+            .jwt_public_keys
+            .iter()
+            .filter_map(|pem| public_key(pem).ok());
         Self {
-            decoding: DecodingKey::from_secret(config.jwt_secret.as_bytes()),
-            validation,
+            keys: std::iter::once(secret).chain(public).collect(),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
             api_keys: config
                 .api_keys
                 .iter()
@@ -44,13 +72,43 @@ impl Authenticator {
         }
     }
 
-    /// The user a token speaks for, if it is signed with our secret, unexpired, and its `sub`
-    /// is a valid user id.
+    /// The user a token speaks for, if a key made for its algorithm verifies it, it is
+    /// unexpired (60 s of leeway), `iss` and `aud` match when configured, and its `sub` is
+    /// a valid user id.
     pub fn user_of_token(&self, token: &str) -> Result<UserId, Error> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| Error::Unauthorized(format!("invalid token: {e}")))?;
-        UserId::parse(&data.claims.sub)
-            .map_err(|_| Error::Unauthorized("token's sub is not a valid user id".into()))
+        let invalid =
+            |e: jsonwebtoken::errors::Error| Error::Unauthorized(format!("invalid token: {e}"));
+        let alg = jsonwebtoken::decode_header(token).map_err(invalid)?.alg;
+        let mut validation = Validation::new(alg);
+        validation.leeway = EXP_LEEWAY_SECS;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        let mut refused = None;
+        for (_, key) in self.keys.iter().filter(|(key_alg, _)| *key_alg == alg) {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    return UserId::parse(&data.claims.sub).map_err(|_| {
+                        Error::Unauthorized("token's sub is not a valid user id".into())
+                    })
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
+        Err(match refused {
+            Some(e) => invalid(e),
+            None => Error::Unauthorized(format!("no key is configured for {alg:?} tokens")),
+        })
     }
 
     /// Whether `key` is one of the configured API keys. Every key is compared in full, in
@@ -106,6 +164,7 @@ mod tests {
         AuthConfig {
             jwt_secret: "s3cret".into(),
             api_keys: vec!["key-1".into(), "key-2".into()],
+            ..AuthConfig::default()
         }
     }
 

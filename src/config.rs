@@ -117,6 +117,13 @@ pub struct StorageConfig {
 pub struct AuthConfig {
     /// HS256 secret that app tokens are signed with.
     pub jwt_secret: String,
+    /// Public keys (PEM) that app tokens may be signed for instead: RSA (RS256), P-256
+    /// (ES256) or Ed25519 (EdDSA), as an identity provider publishes them.
+    pub jwt_public_keys: Vec<String>,
+    /// When set, a token's `iss` must be this.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must name this.
+    pub audience: Option<String>,
     /// Bearer keys RouteAPI may use.
     pub api_keys: Vec<String>,
 }
@@ -254,6 +261,9 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: DEV_JWT_SECRET.into(),
+            jwt_public_keys: Vec::new(),
+            issuer: None,
+            audience: None,
             api_keys: vec![DEV_API_KEY.into()],
         }
     }
@@ -355,6 +365,11 @@ impl Config {
         }
         if self.auth.jwt_secret.is_empty() {
             return invalid("auth.jwt_secret is empty".into());
+        }
+        for (i, pem) in self.auth.jwt_public_keys.iter().enumerate() {
+            if let Err(why) = crate::auth::public_key(pem) {
+                return invalid(format!("auth.jwt_public_keys[{i}]: {why}"));
+            }
         }
         if self.auth.api_keys.is_empty() {
             return invalid("auth.api_keys is empty: RouteAPI could not call REST".into());
