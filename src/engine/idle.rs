@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::{load, Engine};
+use super::Engine;
 use crate::error::Error;
 use crate::protocol::{now_ms, RoomId};
 use crate::storage::Batch;
@@ -81,15 +81,8 @@ impl Engine {
     /// When anything last happened in open room `room_id`: from memory if it is there, else
     /// from disk (without loading it). `None` when it is not open.
     async fn last_activity(&self, room_id: &RoomId) -> Result<Option<u64>, Error> {
-        if let Some(room) = self.resident_room(room_id) {
-            let state = room.state();
-            return Ok((!state.closed).then(|| state.last_activity()));
-        }
-        let room_id = room_id.clone();
-        self.read_storage(move |s| {
-            let room = load::room(s, &room_id, 0)?;
-            Ok(room.map(|room| room.state().last_activity()))
-        })
-        .await
+        let (engine, room_id) = (self.clone(), room_id.clone());
+        let room = smol::unblock(move || engine.room_now(&room_id)).await?;
+        Ok(room.map(|room| room.state().last_activity()))
     }
 }

@@ -1,11 +1,9 @@
 //! Sending messages, read markers, typing, and the user's room list with unread counts.
 
 use super::change::{Decided, Made, Post, Proposal};
-use std::sync::Arc;
-
 use super::records::stored_id;
 use super::room::{DedupKey, Room, Stamp};
-use super::{load, Durable, Engine, Priority};
+use super::{Durable, Engine, Priority};
 use crate::error::Error;
 use crate::protocol::{encode, NewMessage, RoomId, RoomView, RoomsPage, ServerFrame, UserId};
 
@@ -210,12 +208,8 @@ impl Engine {
         let mut rooms: Vec<(u64, RoomView)> = Vec::new();
         for id in storage.rooms_of_user(user.as_str())? {
             let room_id: RoomId = stored_id("user_rooms", &id)?;
-            let room = match self.resident_room(&room_id) {
-                Some(room) => room,
-                None => match load::room(storage, &room_id, 0)? {
-                    Some(room) => Arc::new(room),
-                    None => continue,
-                },
+            let Some(room) = self.room_now(&room_id)? else {
+                continue;
             };
             let state = room.state();
             let Some(unread) = state.unread(user) else {

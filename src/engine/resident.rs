@@ -198,6 +198,18 @@ impl Engine {
         Ok(Some(room))
     }
 
+    /// The room as it is now, without loading it: from memory if it is there (it may be
+    /// ahead of the disk), else read from disk with no cache and left out of memory. For
+    /// reads over many rooms (`rooms`, sweeps, notifies) that must not push the rooms in
+    /// use out. Call off the executor. `None` when it is not open.
+    pub(super) fn room_now(&self, room_id: &RoomId) -> Result<Option<Arc<Room>>, StorageError> {
+        if let Some(room) = self.resident_room(room_id) {
+            let open = !room.state().closed;
+            return Ok(open.then_some(room));
+        }
+        Ok(load::room(&self.inner.storage, room_id, 0)?.map(Arc::new))
+    }
+
     /// The room if it is in memory; never loads. For what only matters to a room in use.
     pub(super) fn resident_room(&self, room_id: &RoomId) -> Option<Arc<Room>> {
         self.inner.resident.get(room_id)

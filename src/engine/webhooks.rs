@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::events::{Event, Subscriber};
-use super::{load, Engine};
+use super::Engine;
 use crate::error::Error;
 use crate::protocol::{now_ms, RoomId, RoomsPage, UserId};
 use crate::storage::Batch;
@@ -191,10 +191,7 @@ impl Engine {
                 .filter_map(|u| UserId::parse(u.as_str().unwrap_or_default()).ok())
                 .collect();
             let room_id = RoomId::parse(pending["room_id"].as_str().unwrap_or_default())?;
-            let room = match self.resident_room(&room_id) {
-                Some(room) => Some(room),
-                None => load::room(storage, &room_id, 0)?.map(Arc::new),
-            };
+            let room = self.room_now(&room_id)?;
             let to_tell: Vec<Value> = match room {
                 Some(room) => {
                     let state = room.state();
