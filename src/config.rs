@@ -40,7 +40,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
-    /// The endpoint events are POSTed to; unset: no events are kept or sent.
+    /// The endpoint events are POSTed to; unset or empty: no events are kept or sent.
+    #[serde(deserialize_with = "empty_is_none")]
     pub url: Option<String>,
     /// HMAC-SHA256 key of the `X-Chat-Engine-Signature` header.
     pub secret: String,
@@ -120,9 +121,19 @@ pub struct AuthConfig {
     /// Public keys (PEM) that app tokens may be signed for instead: RSA (RS256), P-256
     /// (ES256) or Ed25519 (EdDSA), as an identity provider publishes them.
     pub jwt_public_keys: Vec<String>,
-    /// When set, a token's `iss` must be this.
+    /// A JWKS document whose keys verify tokens too, fetched at start and every
+    /// `jwks_refresh_s`; a token naming an unknown `kid` makes one early refetch.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_s: u64,
+    /// Clock skew tolerated on `exp`: a token is accepted, and a connection stays open,
+    /// until `exp` plus this.
+    pub leeway_s: u64,
+    /// When set (not empty), a token's `iss` must be this.
+    #[serde(deserialize_with = "empty_is_none")]
     pub issuer: Option<String>,
-    /// When set, a token's `aud` must name this.
+    /// When set (not empty), a token's `aud` must name this.
+    #[serde(deserialize_with = "empty_is_none")]
     pub audience: Option<String>,
     /// Bearer keys RouteAPI may use.
     pub api_keys: Vec<String>,
@@ -262,6 +273,9 @@ impl Default for AuthConfig {
         Self {
             jwt_secret: DEV_JWT_SECRET.into(),
             jwt_public_keys: Vec::new(),
+            jwks_url: None,
+            jwks_refresh_s: 300,
+            leeway_s: 60,
             issuer: None,
             audience: None,
             api_keys: vec![DEV_API_KEY.into()],
@@ -369,6 +383,16 @@ impl Config {
         for (i, pem) in self.auth.jwt_public_keys.iter().enumerate() {
             if let Err(why) = crate::auth::public_key(pem) {
                 return invalid(format!("auth.jwt_public_keys[{i}]: {why}"));
+            }
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!(
+                    "auth.jwks_url {url:?} is not an http:// or https:// URL"
+                ));
+            }
+            if self.auth.jwks_refresh_s == 0 {
+                return invalid("auth.jwks_refresh_s must be at least 1".into());
             }
         }
         if self.auth.api_keys.is_empty() {
@@ -485,6 +509,13 @@ impl Config {
     }
 }
 
+/// Reads an optional string where an empty one means unset, as the documented defaults
+/// (`url = ""`) write it.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text: Option<String> = Deserialize::deserialize(d)?;
+    Ok(text.filter(|t| !t.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +545,19 @@ mod tests {
         for refusal in refused {
             assert!(refusal.is_err(), "{refusal:?}");
         }
+    }
+
+    #[test]
+    fn empty_strings_in_the_documented_config_mean_unset() {
+        let config = parse(
+            "[webhooks]\nurl = \"\"\n[auth]\njwt_public_keys = []\njwks_url = \"\"\n\
+             jwks_refresh_s = 300\nissuer = \"\"\naudience = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.webhooks.url, None);
+        assert_eq!(config.auth.jwks_url, None);
+        assert_eq!((config.auth.issuer, config.auth.audience), (None, None));
+        assert!(parse("[auth]\njwks_url = \"file:///keys\"\n").is_err());
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub async fn run(
     let engine = engine::Engine::open(config, storage, authority)?;
     engine.start_webhooks();
     // The background duties never end; they only run while the server does.
+    let keys = engine.clone();
     let background = smol::future::zip(
         smol::future::zip(
             service::feed_watchdog(engine.clone()),
@@ -74,7 +75,9 @@ pub async fn run(
                 engine.unload_idle_rooms(),
             ),
         ),
-        engine.authority_duties(),
+        smol::future::zip(engine.authority_duties(), async move {
+            keys.auth().refresh_keys().await
+        }),
     );
     let served = smol::future::or(http::serve(listener, engine.clone()), async {
         background.await;

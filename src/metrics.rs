@@ -75,6 +75,12 @@ pub struct Metrics {
     pub webhook_dropped: Counter,
     /// How old the oldest event of a delivered batch was.
     pub webhook_lag_seconds: Histogram,
+    /// Fetches of `auth.jwks_url` that succeeded, and those that failed (the keys it had
+    /// stay in use).
+    pub jwks_fetches: Counter,
+    pub jwks_fetch_failures: Counter,
+    /// Keys the last good JWKS fetch gave.
+    pub jwks_keys: Gauge,
 }
 
 impl Metrics {
@@ -104,6 +110,9 @@ impl Metrics {
             webhook_dropped: Counter::default(),
             // 1 ms to about 9 hours.
             webhook_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 25)),
+            jwks_fetches: Counter::default(),
+            jwks_fetch_failures: Counter::default(),
+            jwks_keys: Gauge::default(),
             registry: Registry::with_prefix("chat_engine"),
         };
         let m = &mut metrics;
@@ -198,6 +207,21 @@ impl Metrics {
             "webhook_request_failures",
             "Webhook requests that failed and will be retried",
             m.webhook_failures.clone(),
+        );
+        r.register(
+            "jwks_fetches",
+            "Fetches of auth.jwks_url that succeeded",
+            m.jwks_fetches.clone(),
+        );
+        r.register(
+            "jwks_fetch_failures",
+            "Fetches of auth.jwks_url that failed (the keys held stay in use)",
+            m.jwks_fetch_failures.clone(),
+        );
+        r.register(
+            "jwks_keys",
+            "Keys the last good fetch of auth.jwks_url gave",
+            m.jwks_keys.clone(),
         );
         r.register(
             "webhook_events_dropped",

@@ -1,12 +1,16 @@
 //! Public-key app tokens (PROTOCOL.md "Auth, v1.1"): RS256, ES256 and EdDSA tokens verified
-//! with `auth.jwt_public_keys`, beside HS256, and the classic attacks refused. The keys are
-//! test fixtures (`tests/fixtures/*.pem`, made with openssl).
+//! with `auth.jwt_public_keys` or the keys at `auth.jwks_url`, beside HS256, and the classic
+//! attacks refused. The keys are test fixtures (`tests/fixtures/*.pem`, made with openssl,
+//! and the same keys as a JWKS document in `tests/fixtures/jwks.json`).
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
+use common::receiver::{Answer, Receiver};
 use common::{Client, ConnectError, TestServer};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -157,4 +161,188 @@ fn a_public_key_that_is_not_one_is_refused_at_start_up() {
         config.validate().is_err(),
         "a private key is not a public key"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys from `auth.jwks_url`, served by a real HTTP server on loopback.
+// ---------------------------------------------------------------------------------------------
+
+/// The JWKS document of `kids`, from the fixture of every test key (`tests/fixtures/jwks.json`:
+/// rsa-1, ec-1, ed-1, and ec-2, the key of `ec-other-private`).
+fn jwks(kids: &[&str]) -> String {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/jwks.json")).unwrap())
+            .unwrap();
+    let keys: Vec<&Value> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+fn sign_kid(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn ec(name: &str) -> EncodingKey {
+    EncodingKey::from_ec_pem(fixture(name).as_bytes()).unwrap()
+}
+
+/// A server whose only public keys are the JWKS at `jwks`.
+fn jwks_server(jwks: &Receiver, refresh_s: u64) -> TestServer {
+    let url = format!("http://{}/jwks.json", jwks.addr);
+    TestServer::start_with(|c| {
+        c.auth.jwks_url = Some(url);
+        c.auth.jwks_refresh_s = refresh_s;
+    })
+}
+
+#[track_caller]
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn jwks_keys_verify_tokens_by_kid_and_an_unknown_kid_refetches_at_most_every_10_s() {
+    let endpoint = Receiver::start();
+    endpoint.reply_with(&jwks(&["rsa-1", "ec-1", "ed-1"]));
+    let server = jwks_server(&endpoint, 300);
+    wait_until("the first fetch", || endpoint.requests().len() == 1);
+    let ed = EncodingKey::from_ed_pem(fixture("ed-private").as_bytes()).unwrap();
+    let rider = claims("rider");
+    for (alg, kid, key) in [
+        (Algorithm::RS256, "rsa-1", rsa()),
+        (Algorithm::ES256, "ec-1", ec("ec-private")),
+        (Algorithm::EdDSA, "ed-1", ed),
+    ] {
+        assert_eq!(
+            upgrade(&server, &sign_kid(alg, kid, &key, &rider)),
+            101,
+            "{kid}"
+        );
+    }
+    assert_eq!(
+        upgrade(&server, &sign(Algorithm::RS256, &rsa(), &rider)),
+        101,
+        "a token naming no kid is checked with every key of its alg"
+    );
+    let refused = [
+        (
+            "a kid naming a key of another alg",
+            sign_kid(Algorithm::RS256, "ec-1", &rsa(), &rider),
+        ),
+        (
+            "the right kid, signed by another key",
+            sign_kid(Algorithm::ES256, "ec-1", &ec("ec-other-private"), &rider),
+        ),
+        (
+            "HS256 naming a JWKS kid, keyed with its public PEM",
+            sign_kid(
+                Algorithm::HS256,
+                "rsa-1",
+                &EncodingKey::from_secret(fixture("rsa-public").as_bytes()),
+                &rider,
+            ),
+        ),
+    ];
+    for (what, token) in refused {
+        assert_eq!(upgrade(&server, &token), 401, "{what}");
+    }
+
+    // The provider rotates in ec-2. A token naming it refetches, but not within 10 s of the
+    // fetch at start: refused until then, then accepted after one early fetch.
+    endpoint.reply_with(&jwks(&["rsa-1", "ec-1", "ed-1", "ec-2"]));
+    let rotated = sign_kid(Algorithm::ES256, "ec-2", &ec("ec-other-private"), &rider);
+    assert_eq!(
+        upgrade(&server, &rotated),
+        401,
+        "within 10 s of the last fetch"
+    );
+    assert_eq!(endpoint.requests().len(), 1, "no early fetch within 10 s");
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(upgrade(&server, &rotated), 101, "after one early fetch");
+    assert_eq!(endpoint.requests().len(), 2);
+    let unknown = sign_kid(Algorithm::ES256, "nope", &ec("ec-other-private"), &rider);
+    assert_eq!(upgrade(&server, &unknown), 401, "a kid naming no key");
+    assert_eq!(
+        endpoint.requests().len(),
+        2,
+        "the next early fetch waits 10 s"
+    );
+    assert_eq!(server.metric("chat_engine_jwks_keys"), 4.0);
+    assert_eq!(server.metric("chat_engine_jwks_fetches_total"), 2.0);
+}
+
+#[test]
+fn a_failed_jwks_fetch_keeps_the_keys_held_and_a_late_endpoint_is_fetched_again() {
+    let endpoint = Receiver::start();
+    endpoint.answer(Answer::Status(503));
+    let server = jwks_server(&endpoint, 1);
+    let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa(), &claims("rider"));
+    wait_until("a failed fetch", || {
+        server.metric("chat_engine_jwks_fetch_failures_total") >= 1.0
+    });
+    assert_eq!(upgrade(&server, &token), 401, "no keys yet");
+
+    endpoint.reply_with(&jwks(&["rsa-1"]));
+    endpoint.answer(Answer::Status(200));
+    wait_until("keys once the endpoint answers", || {
+        server.metric("chat_engine_jwks_keys") == 1.0
+    });
+    assert_eq!(upgrade(&server, &token), 101);
+
+    // Down again, then answering garbage: the key held stays in use.
+    endpoint.answer(Answer::Status(500));
+    let failures = server.metric("chat_engine_jwks_fetch_failures_total");
+    wait_until("a failed refresh", || {
+        server.metric("chat_engine_jwks_fetch_failures_total") > failures
+    });
+    endpoint.reply_with("{\"not\": \"a jwks\"}");
+    endpoint.answer(Answer::Status(200));
+    let failures = server.metric("chat_engine_jwks_fetch_failures_total");
+    wait_until("a refresh that is not a JWKS", || {
+        server.metric("chat_engine_jwks_fetch_failures_total") > failures
+    });
+    assert_eq!(upgrade(&server, &token), 101, "the key held stays");
+}
+
+#[test]
+fn a_token_naming_a_kid_needs_a_jwks() {
+    let server = server(|_| {});
+    let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa(), &claims("rider"));
+    assert_eq!(
+        upgrade(&server, &token),
+        401,
+        "PEM keys have no kid: a token naming one names no key"
+    );
+}
+
+#[test]
+fn symmetric_keys_in_a_jwks_are_not_taken() {
+    let endpoint = Receiver::start();
+    // The secret "s3cret" as an `oct` key, beside a real one.
+    let document = json!({"keys": [
+        {"kty": "oct", "kid": "hs", "k": "czNjcmV0"},
+        serde_json::from_str::<Value>(&jwks(&["ed-1"])).unwrap()["keys"][0],
+    ]});
+    endpoint.reply_with(&document.to_string());
+    let server = jwks_server(&endpoint, 300);
+    wait_until("the first fetch", || {
+        server.metric("chat_engine_jwks_keys") == 1.0
+    });
+    let forged = sign_kid(
+        Algorithm::HS256,
+        "hs",
+        &EncodingKey::from_secret(b"s3cret"),
+        &claims("rider"),
+    );
+    assert_eq!(upgrade(&server, &forged), 401);
 }

@@ -825,3 +825,72 @@ fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
         .collect();
     assert_eq!(named, [json!("away"), json!("driver")], "{users}");
 }
+
+/// The HTTP status of an upgrade with `token` on `node`, or 101 (after a ping answered).
+fn upgrade_status(node: &Node, token: &str) -> u16 {
+    match node.try_ws_token(token) {
+        Ok(mut client) => {
+            client.request_ok(json!({"type": "ping"}), "pong");
+            101
+        }
+        Err(common::ConnectError::Http(status)) => status,
+        Err(e) => panic!("connect failed: {e:?}"),
+    }
+}
+
+/// `POST /v1/users/{user_id}/disconnect` asked of one node closes the user's connections on
+/// every node with 4003; with `revoke`, every node refuses the older tokens from then on,
+/// also after a restart.
+#[test]
+fn disconnect_and_revoke_reach_every_node() {
+    if !available("disconnect_and_revoke_reach_every_node") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, mut b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    let now = chat_engine::protocol::now_ms() / 1000;
+    let old = a.token_with(&json!({"sub": "rider", "exp": now + 3_600, "iat": now - 10}));
+    let mut on_a = a.try_ws_token(&old).unwrap();
+    let mut on_b = b.try_ws_token(&old).unwrap();
+    let mut driver = b.ws("driver");
+    let disconnect = "/v1/users/rider/disconnect";
+    assert_eq!(a.rest("POST", disconnect, None).0, 204);
+    assert_eq!(on_a.expect_close(Duration::from_secs(5)), Some(4003));
+    assert_eq!(on_b.expect_close(Duration::from_secs(5)), Some(4003));
+    driver.request_ok(json!({"type": "ping"}), "pong");
+    assert_eq!(
+        upgrade_status(&a, &old),
+        101,
+        "no revoke: the token stays good"
+    );
+
+    let mut on_a = a.try_ws_token(&old).unwrap();
+    assert_eq!(
+        b.rest("POST", disconnect, Some(json!({"revoke": true}))).0,
+        204
+    );
+    assert_eq!(on_a.expect_close(Duration::from_secs(5)), Some(4003));
+    assert_eq!(upgrade_status(&b, &old), 401, "refused where it was asked");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upgrade_status(&a, &old) != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "node a still takes a revoked token"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    driver.request_ok(json!({"type": "ping"}), "pong");
+
+    b.kill();
+    b.start_again();
+    b.wait_ready(true);
+    assert_eq!(upgrade_status(&b, &old), 401, "durable across a restart");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let now = chat_engine::protocol::now_ms() / 1000;
+    let newer = a.token_with(&json!({"sub": "rider", "exp": now + 3_600, "iat": now}));
+    assert_eq!(upgrade_status(&a, &newer), 101);
+    assert_eq!(upgrade_status(&b, &newer), 101);
+}

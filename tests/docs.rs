@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use common::{agent, tool_available as available, TestServer};
 
 /// Every route the server has, as the OpenAPI document spells it.
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 16] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -28,6 +28,7 @@ const ROUTES: [(&str, &str); 15] = [
     ("patch", "/v1/rooms/{room_id}/messages/{seq}"),
     ("delete", "/v1/rooms/{room_id}/messages/{seq}"),
     ("post", "/v1/admin/backup"),
+    ("post", "/v1/users/{user_id}/disconnect"),
 ];
 
 fn openapi(server: &TestServer) -> Value {
@@ -199,8 +200,13 @@ fn browser_available(test: &str) -> bool {
 
 /// A server on the development secret, so the demo page mints its own tokens.
 fn demo_server() -> TestServer {
+    demo_server_with(|_| {})
+}
+
+fn demo_server_with(configure: impl FnOnce(&mut chat_engine::Config)) -> TestServer {
     TestServer::start_with(|config| {
         config.auth.jwt_secret = chat_engine::config::DEV_JWT_SECRET.to_owned();
+        configure(config);
     })
 }
 
@@ -273,6 +279,26 @@ fn the_demo_page_resumes_after_a_dropped_connection() {
     }
     let base = format!("http://{}", server.addr);
     run_browser_script("demo-resume.cjs", &[base.as_ref(), server.api_key.as_ref()]);
+}
+
+/// In development mode the demo page answers `token_expiring` with a fresh token in an
+/// `auth` frame, and its connection outlives the old token (tests/e2e/demo-refresh.cjs).
+#[test]
+fn the_demo_page_refreshes_its_token_before_it_expires() {
+    if !browser_available("the_demo_page_refreshes_its_token_before_it_expires") {
+        return;
+    }
+    let server = demo_server_with(|c| c.auth.leeway_s = 1);
+    server.create_room("route-9", "carol");
+    let base = format!("http://{}", server.addr);
+    run_browser_script(
+        "demo-refresh.cjs",
+        &[base.as_ref(), server.api_key.as_ref()],
+    );
+    assert!(server
+        .metrics()
+        .lines()
+        .all(|line| !line.starts_with("chat_engine_ws_closes_total{code=\"4001\"}")));
 }
 
 /// The protocol document, whose WebSocket frames the server's must match.
@@ -410,6 +436,11 @@ fn the_protocol_docs_websocket_frames_are_the_servers() {
     real.push(alice.expect_push("member_left"));
     server.remove_member("route-42", "bob");
     real.push(bob.expect_push("left"));
+    let now = chat_engine::protocol::now_ms() / 1000;
+    let ending = server.token_with(&json!({"sub": "dave", "exp": now + 30, "iat": now}));
+    let mut dave = server.try_ws_token(&ending).expect("connect");
+    real.push(dave.expect_push("token_expiring"));
+    real.push(dave.request(json!({"type": "auth", "token": server.token("dave")})));
     let flood: Vec<Value> = (0..10)
         .map(|_| alice.request(json!({"type": "send", "room_id": "route-42", "text": "x"})))
         .collect();

@@ -22,8 +22,8 @@ use redis::{AsyncCommands, RedisError, Value};
 
 use crate::config::ClusterConfig;
 use crate::engine::{
-    Applied, Authority, Change, Decided, Durable, Engine, Judged, Made, Post, Proposal, Stamp,
-    Verdict,
+    Applied, Authority, Change, Decided, Disconnect, Durable, Engine, Judged, Made, Post, Proposal,
+    Stamp, Verdict,
 };
 use crate::error::{Error, StartError, StorageError};
 use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
@@ -226,7 +226,7 @@ impl Cluster {
     }
 
     fn shard(&self, room_id: &RoomId) -> u16 {
-        shard_of(room_id, self.config.shards)
+        shard_of(room_id.as_str(), self.config.shards)
     }
 
     async fn wait_applied(&self, shard: u16, position: LogPosition) -> Result<(), Error> {
@@ -444,6 +444,24 @@ impl Cluster {
             stamp: None,
             durable: self.pending(shard, id)?.durable(),
         })
+    }
+
+    /// Logs a disconnect in the user's shard, stamped with Redis's clock; resolves once this
+    /// node has applied it.
+    async fn disconnect(self: &Arc<Self>, user: &UserId, revoke: bool) -> Result<(), Error> {
+        let shard = shard_of(user.as_str(), self.config.shards);
+        let mut conn = self.conn()?;
+        let id: String = self
+            .scripts
+            .disconnect
+            .key(log_key(shard))
+            .arg(user.as_str())
+            .arg(&self.append_spec)
+            .arg(if revoke { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        self.pending(shard, &id)?.applied().await
     }
 
     /// Sends a typing indicator, or with `seq` a `received`, to every node (this one
@@ -664,8 +682,12 @@ impl Cluster {
             // The node that asked for a change writes its webhook events; the others only
             // apply it, so each event is sent once for the whole cluster.
             let asked_here = entry.get::<String>("node").as_deref() == Some(self.node.as_str());
-            let change = match change_of(entry) {
-                Ok(change) => change,
+            let change = match logged(entry) {
+                Ok(Logged::Change(change)) => change,
+                Ok(Logged::Disconnect(disconnect)) => {
+                    engine.apply_disconnect(&disconnect).await?;
+                    continue;
+                }
                 Err(why) => {
                     // Only a newer node's entry could fail to parse: skip it, loudly.
                     log::error!("cluster: skipping log {shard} entry {}: {why}", entry.id);
@@ -692,26 +714,40 @@ impl Cluster {
     }
 }
 
-/// The change one log entry carries.
-fn change_of(entry: &redis::streams::StreamId) -> Result<Change, String> {
+/// What one log entry carries.
+enum Logged {
+    Change(Change),
+    Disconnect(Disconnect),
+}
+
+fn logged(entry: &redis::streams::StreamId) -> Result<Logged, String> {
     let field = |name: &str| -> Result<String, String> {
         entry
             .get::<String>(name)
             .ok_or_else(|| format!("no {name} field"))
     };
-    if let Ok(change) = field("change") {
-        return serde_json::from_str(&change).map_err(|e| e.to_string());
-    }
-    let room_id = RoomId::parse(&field("room")?).map_err(|e| e.to_string())?;
     let number = |name: &str| -> Result<u64, String> {
         field(name)?.parse().map_err(|_| format!("bad {name}"))
     };
-    Ok(Change::Posted {
+    if let Ok(user) = field("user") {
+        return Ok(Logged::Disconnect(Disconnect {
+            user_id: UserId::parse(&user).map_err(|e| e.to_string())?,
+            at_ms: number("at")?,
+            revoke: field("revoke")? == "1",
+        }));
+    }
+    if let Ok(change) = field("change") {
+        return serde_json::from_str(&change)
+            .map(Logged::Change)
+            .map_err(|e| e.to_string());
+    }
+    let room_id = RoomId::parse(&field("room")?).map_err(|e| e.to_string())?;
+    Ok(Logged::Change(Change::Posted {
         room_id,
         seq: number("seq")?,
         ts: number("ts")?,
         post: serde_json::from_str(&field("message")?).map_err(|e| e.to_string())?,
-    })
+    }))
 }
 
 /// The error for a script's refusal.
@@ -745,6 +781,15 @@ impl Authority for Arc<Cluster> {
                 other => self.room_change(other).await,
             }
         })
+    }
+
+    fn disconnect<'a>(
+        &'a self,
+        _engine: &'a Engine,
+        user: &'a UserId,
+        revoke: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Cluster::disconnect(self, user, revoke))
     }
 
     fn typing(&self, _engine: &Engine, room_id: &RoomId, user: &UserId) {

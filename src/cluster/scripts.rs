@@ -12,7 +12,8 @@
 //!   room closes;
 //! - `ce:{ce:S}:log`: the shard's log, a stream capped at about `cluster.log_max_len`
 //!   entries. Each entry has `room`, and either `change` (a JSON `Change` of a room's life,
-//!   membership or read marker) or `seq`, `ts` and `message` (a JSON `Post`);
+//!   membership or read marker) or `seq`, `ts` and `message` (a JSON `Post`); or, for a
+//!   user's disconnect (in the user's shard), `user`, `revoke` (`1` or `0`) and `at` (ms);
 //! - `ce:{ce:S}:typing`: typing indicators (`room`, `user`), a stream capped at about
 //!   [`TYPING_LOG_LEN`] entries, read only from its end: best effort, never replayed.
 //!
@@ -29,9 +30,10 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::RoomId;
 
-/// The shard that holds `room_id`'s keys and log entries.
-pub fn shard_of(room_id: &RoomId, shards: u16) -> u16 {
-    let digest = Sha256::digest(room_id.as_str().as_bytes());
+/// The shard that holds the keys and log entries of `id`: a room's, or a user's
+/// disconnects.
+pub fn shard_of(id: &str, shards: u16) -> u16 {
+    let digest = Sha256::digest(id.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(first) % u64::from(shards)) as u16
@@ -202,6 +204,13 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then return {'not_member'} end
 return {'changed', append(KEYS[4], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
 "#;
 
+/// KEYS: log. ARGV: user, max log length, revoke ('1' or '0'). Stamps the disconnect with
+/// Redis's clock, so every node closes and revokes as of one moment.
+const DISCONNECT: &str = r#"
+local at = string.format('%d', now_ms())
+return append(KEYS[1], ARGV[2], 'user', ARGV[1], 'revoke', ARGV[3], 'at', at)
+"#;
+
 /// The scripts, each loaded into Redis once per connection (EVALSHA, then EVAL on
 /// NOSCRIPT, which `redis::Script` does by itself).
 pub struct Scripts {
@@ -211,6 +220,7 @@ pub struct Scripts {
     pub leave: Script,
     pub close: Script,
     pub read: Script,
+    pub disconnect: Script,
 }
 
 impl Scripts {
@@ -223,6 +233,7 @@ impl Scripts {
             leave: script(LEAVE),
             close: script(CLOSE),
             read: script(READ),
+            disconnect: script(DISCONNECT),
         }
     }
 }
@@ -234,10 +245,9 @@ mod tests {
     #[test]
     fn shards_are_stable_and_spread() {
         let room = RoomId::parse("route-1").unwrap();
-        assert_eq!(shard_of(&room, 16), shard_of(&room, 16));
-        let used: std::collections::HashSet<u16> = (0..200)
-            .map(|i| shard_of(&RoomId::parse(&format!("r{i}")).unwrap(), 16))
-            .collect();
+        assert_eq!(shard_of(room.as_str(), 16), shard_of(room.as_str(), 16));
+        let used: std::collections::HashSet<u16> =
+            (0..200).map(|i| shard_of(&format!("r{i}"), 16)).collect();
         assert_eq!(used.len(), 16, "200 rooms reach every one of 16 shards");
     }
 

@@ -22,6 +22,15 @@ pub trait Authority: Send + Sync + 'static {
         proposal: Proposal,
     ) -> BoxFuture<'a, Result<Decided, Error>>;
 
+    /// Decides a disconnect of `user` (with `revoke`, of their tokens too) and sees that
+    /// every node applies it with [`Engine::apply_disconnect`]; resolves once this node has.
+    fn disconnect<'a>(
+        &'a self,
+        engine: &'a Engine,
+        user: &'a UserId,
+        revoke: bool,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
     /// Tells the other members of `room_id` that `user` is typing, best effort.
     fn typing(&self, engine: &Engine, room_id: &RoomId, user: &UserId);
 

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::auth::Token;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::protocol::{Frame, UserId};
+use crate::protocol::{now_ms, Frame, UserId};
 use crate::sync::lock;
 
 /// WebSocket close codes the server uses.
@@ -25,7 +26,15 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// Outbound queue full: reconnect and resync.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token expired (past its `exp` plus the leeway) and was not refreshed.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// RouteAPI disconnected the user (`POST /v1/users/{user_id}/disconnect`).
+    pub const DISCONNECTED: u16 = 4003;
 }
+
+/// Connections opened up to this long after a disconnect's moment close with it: in
+/// cluster mode the moment is Redis's clock, and a node's may lag it a little.
+const DISCONNECT_CLOCK_SLACK_MS: u64 = 1_000;
 
 /// How much a push matters when a queue fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +51,12 @@ pub enum Priority {
 pub struct Connection {
     pub id: u64,
     pub user: UserId,
+    /// When it opened (Unix ms).
+    opened_ms: u64,
+    /// The `exp` and `iat` (0 when it has none) of the token in force; an `auth` frame
+    /// replaces them.
+    exp: AtomicU64,
+    iat: AtomicU64,
     frames: async_channel::Sender<Frame>,
     kick: async_channel::Sender<u16>,
     capacity: usize,
@@ -99,6 +114,25 @@ impl Connection {
     pub fn close(&self, code: u16) {
         let _ = self.kick.try_send(code);
     }
+
+    /// When the token in force expires (Unix seconds).
+    pub fn token_exp(&self) -> u64 {
+        self.exp.load(Ordering::Acquire)
+    }
+
+    /// Puts a refreshed token of the same user in force.
+    pub fn refresh(&self, token: &Token) {
+        self.iat.store(token.iat.unwrap_or(0), Ordering::Release);
+        self.exp.store(token.exp, Ordering::Release);
+    }
+
+    /// Whether a disconnect at `at_ms` ends this connection: it opened by then, or, with
+    /// tokens revoked up to `revoked_s`, its token is one of them. (A token without `iat`
+    /// holds 0, so it always is, as revocation refuses such tokens.)
+    fn ended_by(&self, at_ms: u64, revoked_s: Option<u64>) -> bool {
+        self.opened_ms <= at_ms.saturating_add(DISCONNECT_CLOCK_SLACK_MS)
+            || revoked_s.is_some_and(|moment| self.iat.load(Ordering::Acquire) <= moment)
+    }
 }
 
 /// Every user's live connections.
@@ -117,13 +151,15 @@ impl Registry {
         }
     }
 
-    /// Registers a new connection for `user`, refused with `rate_limited` past `max_per_user`.
+    /// Registers a new connection for `token`'s user, refused with `rate_limited` past
+    /// `max_per_user`.
     pub fn register(
         &self,
-        user: &UserId,
+        token: &Token,
         queue: QueueLimits,
         max_per_user: usize,
     ) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
+        let user = &token.user;
         let queue_capacity = queue.frames;
         // Unbounded in type, bounded by `deliver`: a bounded channel allocates all its slots
         // up front, about 40 KiB per idle connection at the default 1024 frames.
@@ -132,6 +168,9 @@ impl Registry {
         let connection = Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
+            opened_ms: now_ms(),
+            exp: AtomicU64::new(token.exp),
+            iat: AtomicU64::new(token.iat.unwrap_or(0)),
             frames: frames_tx,
             kick: kick_tx,
             capacity: queue_capacity,
@@ -181,6 +220,23 @@ impl Registry {
         self.metrics.deliveries.inc_by(queued);
     }
 
+    /// Closes `user`'s connections that a disconnect at `at_ms` ends (see
+    /// [`Connection::ended_by`]) with 4003. Returns how many.
+    pub fn disconnect(&self, user: &UserId, at_ms: u64, revoked_s: Option<u64>) -> usize {
+        let by_user = lock(&self.by_user);
+        let ended = by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|connection| connection.ended_by(at_ms, revoked_s));
+        let mut count = 0;
+        for connection in ended {
+            connection.close(close_code::DISCONNECTED);
+            count += 1;
+        }
+        count
+    }
+
     /// Asks every connection to close with `code`.
     pub fn close_all(&self, code: u16) {
         for connection in lock(&self.by_user).values().flatten() {
@@ -201,6 +257,14 @@ mod tests {
         UserId::parse(name).unwrap()
     }
 
+    fn token(name: &str) -> Token {
+        Token {
+            user: user(name),
+            exp: u64::MAX,
+            iat: Some(100),
+        }
+    }
+
     fn queue(frames: usize) -> QueueLimits {
         QueueLimits {
             frames,
@@ -215,7 +279,7 @@ mod tests {
             frames: 100,
             bytes: 10,
         };
-        let (conn, queues) = registry.register(&user("u"), limits, 16).unwrap();
+        let (conn, queues) = registry.register(&token("u"), limits, 16).unwrap();
         let big = Frame::from("0123456789abcdef");
         conn.deliver(&big, Priority::Keep);
         assert_eq!(queues.frames.len(), 1, "an empty queue takes any frame");
@@ -231,7 +295,7 @@ mod tests {
     #[test]
     fn full_queue_closes_with_1013_and_typing_is_dropped_first() {
         let registry = Registry::new(Metrics::new());
-        let (_conn, queues) = registry.register(&user("u"), queue(4), 16).unwrap();
+        let (_conn, queues) = registry.register(&token("u"), queue(4), 16).unwrap();
         let frame = Frame::from("x");
         let users = [user("u")];
         registry.deliver(&users, None, &frame, Priority::Keep);
@@ -246,18 +310,36 @@ mod tests {
     }
 
     #[test]
+    fn a_disconnect_ends_connections_opened_by_then_and_those_of_revoked_tokens() {
+        let registry = Registry::new(Metrics::new());
+        let (first, q1) = registry.register(&token("u"), queue(4), 16).unwrap();
+        let (_other, q2) = registry.register(&token("v"), queue(4), 16).unwrap();
+        assert_eq!(registry.disconnect(&user("u"), now_ms(), None), 1);
+        assert_eq!(q1.kick.try_recv(), Ok(close_code::DISCONNECTED));
+        assert!(q2.kick.try_recv().is_err(), "another user's stays");
+        registry.unregister(&first);
+        // Opened after the moment (and its slack): only its token can end it.
+        let (_second, q3) = registry.register(&token("u"), queue(4), 16).unwrap();
+        let long_ago = now_ms() - 60_000;
+        assert_eq!(registry.disconnect(&user("u"), long_ago, None), 0);
+        assert_eq!(registry.disconnect(&user("u"), long_ago, Some(99)), 0);
+        assert_eq!(registry.disconnect(&user("u"), long_ago, Some(100)), 1);
+        assert_eq!(q3.kick.try_recv(), Ok(close_code::DISCONNECTED));
+    }
+
+    #[test]
     fn connection_limit_per_user() {
         let registry = Registry::new(Metrics::new());
-        let (first, _q1) = registry.register(&user("u"), queue(4), 1).unwrap();
+        let (first, _q1) = registry.register(&token("u"), queue(4), 1).unwrap();
         assert_eq!(
             registry
-                .register(&user("u"), queue(4), 1)
+                .register(&token("u"), queue(4), 1)
                 .err()
                 .map(|e| e.code()),
             Some("rate_limited")
         );
         registry.unregister(&first);
-        assert!(registry.register(&user("u"), queue(4), 1).is_ok());
+        assert!(registry.register(&token("u"), queue(4), 1).is_ok());
         assert_eq!(registry.count(), 1);
     }
 }

@@ -16,6 +16,7 @@ use super::changes::{judge_in_room, Judging};
 use super::commit::Durable;
 use super::room::{DedupKey, Room, RoomState};
 use super::rules::Verdict;
+use super::sessions::Disconnect;
 use super::Engine;
 use crate::error::Error;
 use crate::protocol::{now_ms, Message, RoomId, RoomKind, UserId};
@@ -31,6 +32,22 @@ impl Authority for Local {
         proposal: Proposal,
     ) -> BoxFuture<'a, Result<Decided, Error>> {
         Box::pin(engine.decide_locally(proposal))
+    }
+
+    fn disconnect<'a>(
+        &'a self,
+        engine: &'a Engine,
+        user: &'a UserId,
+        revoke: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let disconnect = Disconnect {
+                user_id: user.clone(),
+                at_ms: now_ms(),
+                revoke,
+            };
+            engine.apply_disconnect(&disconnect).await
+        })
     }
 
     fn typing(&self, engine: &Engine, room_id: &RoomId, user: &UserId) {

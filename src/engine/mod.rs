@@ -29,6 +29,7 @@ mod resume;
 mod retention;
 mod room;
 mod rules;
+mod sessions;
 mod webhooks;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,13 +50,14 @@ use resident::Resident;
 pub use resume::Resumed;
 pub use room::Stamp;
 pub use rules::Verdict;
+pub use sessions::Disconnect;
 pub use webhooks::{sign, SIGNATURE_HEADER};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Token};
 use crate::config::Config;
 use crate::error::{Error, StorageError};
 use crate::metrics::Metrics;
-use crate::protocol::{RoomId, UserId};
+use crate::protocol::RoomId;
 use crate::storage::{Storage, Writer};
 
 /// The shared handle. Clones share one engine.
@@ -120,7 +122,7 @@ impl Engine {
         });
         Ok(Engine {
             inner: Arc::new(Shared {
-                auth: Authenticator::new(&config.auth),
+                auth: Authenticator::new(&config.auth, metrics.clone()),
                 config,
                 storage,
                 writer,
@@ -178,8 +180,9 @@ impl Engine {
         Ok(room.map(|room| room.state().assigned))
     }
 
-    /// Registers a WebSocket connection; pushes for the user's rooms start at once.
-    pub fn connect(&self, user: &UserId) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
+    /// Registers a WebSocket connection for a verified token; pushes for the user's rooms
+    /// start at once.
+    pub fn connect(&self, token: &Token) -> Result<(Arc<Connection>, ConnectionQueues), Error> {
         let limits = &self.inner.config.limits;
         let queue = QueueLimits {
             frames: limits.outbound_queue,
@@ -188,7 +191,7 @@ impl Engine {
         let registered =
             self.inner
                 .connections
-                .register(user, queue, limits.max_connections_per_user);
+                .register(token, queue, limits.max_connections_per_user);
         match &registered {
             Ok(_) => {
                 self.inner.metrics.connections.inc();
@@ -303,7 +306,7 @@ fn sweep_schedule(days: f64, parts: u32, at_most: Duration) -> (Duration, Durati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{NewChange, NewMessage};
+    use crate::protocol::{NewChange, NewMessage, UserId};
 
     fn text(body: &str) -> NewMessage {
         NewMessage {

@@ -66,6 +66,9 @@ async fn config(req: Req) -> tide::Result {
 #[derive(Deserialize)]
 struct TokenRequest {
     user_id: UserId,
+    /// Seconds the token lasts, at most [`TOKEN_TTL`] (a short one shows the page
+    /// refreshing it).
+    ttl_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -82,7 +85,10 @@ async fn token(mut req: Req) -> tide::Result {
     let minted = match super::rest::body_json::<TokenRequest>(&mut req).await {
         Ok(body) => {
             let secret = &req.state().config().auth.jwt_secret;
-            crate::auth::issue_token(secret, &body.user_id, TOKEN_TTL)
+            let ttl = body
+                .ttl_s
+                .map_or(TOKEN_TTL, |s| Duration::from_secs(s).min(TOKEN_TTL));
+            crate::auth::issue_token(secret, &body.user_id, ttl)
                 .map_err(|e| Error::Internal(format!("cannot sign a token: {e}")))
         }
         Err(error) => Err(error),

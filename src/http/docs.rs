@@ -30,6 +30,7 @@ use super::{rest, Req};
         rest::patch_message,
         rest::delete_message,
         rest::post_backup,
+        rest::post_disconnect,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -38,6 +39,7 @@ use super::{rest, Req};
     modifiers(&ApiKeyAuth),
     tags(
         (name = "rooms", description = "RouteAPI: route rooms, members and system messages"),
+        (name = "users", description = "RouteAPI: a user's sessions"),
         (name = "operations", description = "Health, readiness, metrics and backups"),
         (name = "websocket", description = "The app's connection"),
     )

@@ -19,6 +19,7 @@ pub fn routes(app: &mut Server<Engine>) {
     const MESSAGES: &str = "/v1/rooms/:room_id/messages";
     const MESSAGE: &str = "/v1/rooms/:room_id/messages/:seq";
     const BACKUP: &str = "/v1/admin/backup";
+    const DISCONNECT: &str = "/v1/users/:user_id/disconnect";
     app.at(ROOM)
         .put(counted(ROOM, rest(put_room)))
         .get(counted(ROOM, rest(get_room)))
@@ -34,6 +35,8 @@ pub fn routes(app: &mut Server<Engine>) {
         .patch(counted(MESSAGE, rest(patch_message)))
         .delete(counted(MESSAGE, rest(delete_message)));
     app.at(BACKUP).post(counted(BACKUP, rest(post_backup)));
+    app.at(DISCONNECT)
+        .post(counted(DISCONNECT, rest(post_disconnect)));
 }
 
 /// Wraps a handler with API-key auth and the protocol's error bodies.
@@ -80,6 +83,19 @@ fn seq_param(req: &Req) -> Result<u64, Error> {
 
 /// Reads a JSON body of at most `limits.max_body_bytes`.
 pub(super) async fn body_json<T: DeserializeOwned>(req: &mut Req) -> Result<T, Error> {
+    parse_body(&body_bytes(req).await?)
+}
+
+/// [`body_json`] for a body that may be left out: none is `T::default()`.
+async fn optional_body_json<T: DeserializeOwned + Default>(req: &mut Req) -> Result<T, Error> {
+    let bytes = body_bytes(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_body(&bytes)
+}
+
+async fn body_bytes(req: &mut Req) -> Result<Vec<u8>, Error> {
     let limit = req.state().config().limits.max_body_bytes;
     let too_large = || Error::TooLarge(format!("request body over {limit} bytes"));
     if req.len().is_some_and(|len| len > limit) {
@@ -94,7 +110,11 @@ pub(super) async fn body_json<T: DeserializeOwned>(req: &mut Req) -> Result<T, E
     if bytes.len() > limit {
         return Err(too_large());
     }
-    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    Ok(bytes)
+}
+
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn created_or_ok(outcome: Outcome) -> StatusCode {
@@ -455,4 +475,38 @@ pub(super) async fn post_backup(mut req: Req) -> Result<Response, Error> {
     let body: BackupRequest = body_json(&mut req).await?;
     req.state().backup(body.to.clone()).await?;
     Ok(json(StatusCode::Created, &body))
+}
+
+/// `POST /v1/users/{user_id}/disconnect` body, which may be left out.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DisconnectRequest {
+    /// Also refuse, from now on, every token of the user issued (`iat`) at or before now,
+    /// and every token of the user without `iat`. Durable.
+    #[serde(default)]
+    revoke: bool,
+}
+
+/// Closes every connection of the user, on every node, with 4003 (a logout, a ban, a lost
+/// phone); with `revoke`, the user's tokens issued until now are refused from now on.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user_id}/disconnect",
+    tag = "users",
+    params(("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    request_body(content = Option<DisconnectRequest>, description = "Optional; without it, no revocation"),
+    responses(
+        (status = 204, description = "Disconnected everywhere (also when the user had no connection)"),
+        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn post_disconnect(mut req: Req) -> Result<Response, Error> {
+    let user = user_param(&req)?;
+    let body: DisconnectRequest = optional_body_json(&mut req).await?;
+    req.state().disconnect_user(&user, body.revoke).await?;
+    Ok(Response::new(StatusCode::NoContent))
 }

@@ -8,7 +8,8 @@ use super::{bearer, error_response, Req};
 use crate::error::Error;
 
 /// Opens the app's WebSocket (frames: docs/protocol.md, "WebSocket"). The token is a
-/// JWT (HS256, `sub` = user id) in `Authorization: Bearer` or in `?token=`.
+/// JWT (`sub` = user id; HS256, RS256, ES256 or EdDSA) in `Authorization: Bearer` or in
+/// `?token=`; a revoked one is refused.
 #[utoipa::path(
     get,
     path = "/v1/ws",
@@ -16,7 +17,7 @@ use crate::error::Error;
     params(("token" = Option<String>, Query, description = "The app token, if not in the Authorization header")),
     responses(
         (status = 101, description = "Switching to WebSocket"),
-        (status = 401, description = "Missing, bad or expired token (`unauthorized`)", body = super::ErrorBody),
+        (status = 401, description = "Missing, bad, expired or revoked token (`unauthorized`)", body = super::ErrorBody),
         (status = 426, description = "Not a WebSocket upgrade request", body = super::ErrorBody),
         (status = 429, description = "Over `limits.max_connections_per_user` (`rate_limited`)", body = super::ErrorBody)
     )
@@ -29,14 +30,14 @@ pub async fn websocket(req: Req) -> tide::Result {
             .find(|(key, _)| key == "token")
             .map(|(_, value)| value.into_owned())
     });
-    let user = match token {
-        Some(token) => engine.auth().user_of_token(&token),
+    let token = match token {
+        Some(token) => engine.authenticate(&token).await,
         None => Err(Error::Unauthorized(
             "a token is required: Authorization: Bearer <token> or ?token=".into(),
         )),
     };
-    let user = match user {
-        Ok(user) => user,
+    let token = match token {
+        Ok(token) => token,
         Err(error) => {
             engine.metrics().count_error(error.code());
             return Ok(error_response(&error));
@@ -53,7 +54,7 @@ pub async fn websocket(req: Req) -> tide::Result {
         response.set_status(StatusCode::UpgradeRequired);
         return Ok(response);
     };
-    let (connection, queues) = match engine.connect(&user) {
+    let (connection, queues) = match engine.connect(&token) {
         Ok(registered) => registered,
         Err(error) => return Ok(error_response(&error)),
     };

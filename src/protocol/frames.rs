@@ -46,6 +46,10 @@ pub enum RequestBody {
         room_id: RoomId,
     },
     Resume(Resume),
+    /// A fresh token for the connection, before the one in force expires.
+    Auth {
+        token: String,
+    },
     /// The app has shown the room's messages up to `seq` (no reply).
     Received {
         room_id: RoomId,
@@ -232,6 +236,11 @@ struct DirectFields {
 }
 
 #[derive(Deserialize)]
+struct AuthFields {
+    token: String,
+}
+
+#[derive(Deserialize)]
 struct ReadFields {
     room_id: RoomId,
     seq: u64,
@@ -334,6 +343,7 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
             room_id: f.room_id,
             seq: f.seq,
         }),
+        "auth" => fields::<AuthFields>(text, &kind).map(|f| RequestBody::Auth { token: f.token }),
         "resume" => fields::<Resume>(text, &kind)
             .and_then(Resume::validated)
             .map(RequestBody::Resume),
@@ -424,6 +434,10 @@ pub enum ServerFrame<'a> {
         room_id: &'a RoomId,
         user_id: &'a UserId,
     },
+    /// The token in force expires at `exp` (Unix seconds): send `auth` with a fresh one.
+    TokenExpiring {
+        exp: u64,
+    },
 }
 
 impl<'a> ServerFrame<'a> {
@@ -476,6 +490,7 @@ mod tests {
             r#"{"type":"resume","rooms":{"r":{"seq":3,"epoch":"e"}},"limit":1000}"#,
             r#"{"type":"resume"}"#,
             r#"{"type":"received","room_id":"r","seq":3}"#,
+            r#"{"type":"auth","id":9,"token":"a.b.c"}"#,
         ];
         for text in cases {
             assert!(parse_request(text).is_ok(), "{text}");
@@ -521,6 +536,11 @@ mod tests {
             "bad_request"
         );
         assert_eq!(code_of(r#"{"type":"ping","id":{"a":1}}"#).1, "bad_request");
+        assert_eq!(
+            code_of(r#"{"type":"auth","id":2,"token":5}"#),
+            (Some(2.into()), "bad_request")
+        );
+        assert_eq!(code_of(r#"{"type":"auth"}"#).1, "bad_request");
         assert_eq!(
             code_of(r#"{"type":"edit","room_id":"r","seq":1}"#).1,
             "bad_request"

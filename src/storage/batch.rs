@@ -111,6 +111,12 @@ impl Batch {
         ));
     }
 
+    /// Every token of `user` issued at or before `moment_s` (Unix seconds) is refused.
+    pub fn revoke(&mut self, user: &str, moment_s: u64) {
+        self.writes
+            .push(KeyWrite::put(Cf::Meta, &keys::revoked(user), &moment_s));
+    }
+
     /// An `activity` entry: route room `room_id` was last active at or after `ts`.
     pub fn activity(&mut self, ts: u64, room_id: &str) {
         self.writes.push(KeyWrite::Put(

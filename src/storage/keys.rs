@@ -29,7 +29,9 @@ pub enum Cf {
     /// `membership` 0xFF room number (u64 BE) -> u64, when a member last joined or left
     /// (`rooms.close_after_idle_days` counts it as activity);
     /// `content` 0xFF room number (u64 BE) -> u64, the `text` and `system` messages the room
-    /// ever had (unread counts are differences of it).
+    /// ever had (unread counts are differences of it);
+    /// `revoked` 0xFF user id -> u64, the moment (Unix seconds) at or before which every
+    /// token of that user was revoked.
     /// Cluster mode adds `cluster_position` 0xFF shard (u16 BE) -> (u64, u64), the id of
     /// the last entry of that shard's log applied here; and `cluster_epoch` -> the string
     /// naming the Redis data set those positions belong to.
@@ -112,6 +114,14 @@ pub fn membership_changed(room_number: u64) -> Vec<u8> {
 /// `meta` key of a room's content count.
 pub fn content_count(room_number: u64) -> Vec<u8> {
     per_room(b"content", room_number)
+}
+
+/// `meta` key of a user's token revocation.
+pub fn revoked(user_id: &str) -> Vec<u8> {
+    let mut key = b"revoked".to_vec();
+    key.push(SEP);
+    key.extend_from_slice(user_id.as_bytes());
+    key
 }
 
 /// `activity` key: `ts` (u64 BE) then the room id.
@@ -291,6 +301,7 @@ mod tests {
         assert_ne!(content_count(1), membership_changed(1));
         assert!(!content_count(1).starts_with(b"purged"));
         assert!(!membership_changed(1).starts_with(b"purged"));
+        assert!(!revoked("purged").starts_with(&purged(0)));
         for other in [META_SCHEMA_VERSION, META_NEXT_ROOM_NUMBER] {
             assert!(!purged(0).starts_with(other) && !other.starts_with(&purged(0)));
             let membership = membership_changed(0);

@@ -609,6 +609,11 @@ impl Storage {
             .pop())
     }
 
+    /// The moment (Unix seconds) at or before which `user_id`'s tokens were revoked, if ever.
+    pub fn revoked(&self, user_id: &str) -> Result<Option<u64>, StorageError> {
+        self.get(Cf::Meta, &keys::revoked(user_id))
+    }
+
     /// When a room's membership last changed, if it has since it was created.
     pub fn membership_changed(&self, room_number: u64) -> Result<Option<u64>, StorageError> {
         self.get(Cf::Meta, &keys::membership_changed(room_number))

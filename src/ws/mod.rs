@@ -22,7 +22,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 use crate::engine::{close_code, Accepted, Connection, ConnectionQueues, Engine, Priority};
 use crate::error::Error;
 use crate::protocol::{
-    encode, parse_request, Frame, Request, RequestBody, RequestId, RoomId, ServerFrame,
+    encode, now_ms, parse_request, Frame, Request, RequestBody, RequestId, RoomId, ServerFrame,
 };
 use rate::TokenBucket;
 
@@ -276,6 +276,17 @@ async fn handle<'a>(
                 left: &resumed.left,
             })
         }),
+        RequestBody::Auth { token } => match engine.authenticate(&token).await {
+            Ok(token) if token.user != *user => Err(Error::Forbidden(format!(
+                "the token is for {}, and this connection is {user}'s",
+                token.user
+            ))),
+            Ok(token) => {
+                connection.refresh(&token);
+                Ok(encode(&ServerFrame::Ok { id: id.as_ref() }))
+            }
+            Err(error) => Err(error),
+        },
         RequestBody::Received { room_id, seq } => {
             match engine.received(user, &room_id, seq).await {
                 Ok(()) => return ready(None),
@@ -334,11 +345,14 @@ where
         Frame(Frame),
         Close(u16),
         Tick,
+        Expiry,
         Gone,
     }
     let limits = &shared.engine.config().limits;
     let metrics = shared.engine.metrics();
     let mut ticks = smol::Timer::interval(Duration::from_millis(limits.ping_interval_ms));
+    let mut expiry = TokenExpiry::new(shared.engine.auth().leeway_s());
+    let mut expiry_timer = expiry.timer(shared.connection.token_exp());
     // A write may wait for the client as long as the client may stay silent.
     let stall_limit = Duration::from_millis(limits.idle_timeout_ms);
     let code = loop {
@@ -360,10 +374,16 @@ where
                         Err(_) => Next::Gone,
                     }
                 },
-                async {
-                    ticks.next().await;
-                    Next::Tick
-                },
+                smol::future::or(
+                    async {
+                        ticks.next().await;
+                        Next::Tick
+                    },
+                    async {
+                        (&mut expiry_timer).await;
+                        Next::Expiry
+                    },
+                ),
             ),
         )
         .await;
@@ -390,6 +410,26 @@ where
                     limits.idle_timeout_ms
                 );
                 break close_code::IDLE;
+            }
+            Next::Expiry => {
+                let exp = shared.connection.token_exp();
+                match expiry.due(exp) {
+                    Some(Due::Warning) => {
+                        let warning = encode(&ServerFrame::TokenExpiring { exp });
+                        shared.connection.deliver(&warning, Priority::Keep);
+                    }
+                    Some(Due::Close) => {
+                        log::info!(
+                            "closing connection {} of {}: its token expired at {exp}",
+                            shared.connection.id,
+                            shared.connection.user,
+                        );
+                        break close_code::TOKEN_EXPIRED;
+                    }
+                    None => {}
+                }
+                expiry_timer = expiry.timer(exp);
+                Some(())
             }
             Next::Close(code) => break code,
             Next::Gone => return,
@@ -456,6 +496,60 @@ async fn within<T>(
     .await
 }
 
+/// Seconds before a token's `exp` that the server asks for a fresh one (PROTOCOL.md).
+const TOKEN_EXPIRING_LEAD_S: u64 = 60;
+
+/// What the token in force asks of a connection as it nears its end: a `token_expiring`
+/// warning [`TOKEN_EXPIRING_LEAD_S`] before `exp`, once per token, then, unless an `auth`
+/// frame put a later token in force, a 4001 close at `exp` plus the leeway.
+struct TokenExpiry {
+    leeway_s: u64,
+    /// The `exp` already warned about.
+    warned: Option<u64>,
+}
+
+enum Due {
+    Warning,
+    Close,
+}
+
+impl TokenExpiry {
+    fn new(leeway_s: u64) -> TokenExpiry {
+        TokenExpiry {
+            leeway_s,
+            warned: None,
+        }
+    }
+
+    /// What is due now for a token expiring at `exp`.
+    fn due(&mut self, exp: u64) -> Option<Due> {
+        let now_s = now_ms() / 1000;
+        if now_s >= exp.saturating_add(self.leeway_s) {
+            Some(Due::Close)
+        } else if self.warned != Some(exp) && now_s + TOKEN_EXPIRING_LEAD_S >= exp {
+            self.warned = Some(exp);
+            Some(Due::Warning)
+        } else {
+            None
+        }
+    }
+
+    /// A timer for the next thing due for a token expiring at `exp`; a refreshed token
+    /// moves it later, so firing early only re-arms it.
+    fn timer(&self, exp: u64) -> smol::Timer {
+        let due_s = if self.warned == Some(exp) {
+            exp.saturating_add(self.leeway_s)
+        } else {
+            exp.saturating_sub(TOKEN_EXPIRING_LEAD_S)
+        };
+        let wait = Duration::from_millis(due_s.saturating_mul(1000).saturating_sub(now_ms()));
+        // A token expiring centuries from now would overflow an Instant.
+        Instant::now()
+            .checked_add(wait)
+            .map_or_else(smol::Timer::never, smol::Timer::at)
+    }
+}
+
 fn close_reason(code: u16) -> &'static str {
     match code {
         close_code::GOING_AWAY => "server shutting down",
@@ -463,6 +557,29 @@ fn close_reason(code: u16) -> &'static str {
         close_code::POLICY_VIOLATION => "too many bad frames",
         close_code::TOO_BIG => "frame too large",
         close_code::TRY_AGAIN_LATER => "too slow: reconnect and sync",
+        close_code::TOKEN_EXPIRED => "token expired",
+        close_code::DISCONNECTED => "disconnected by the service",
         _ => "closing",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_warned_about_once_and_closes_past_the_leeway() {
+        let mut expiry = TokenExpiry::new(5);
+        let now = now_ms() / 1000;
+        assert!(expiry.due(now + 3_600).is_none(), "far from its end");
+        assert!(matches!(expiry.due(now + 30), Some(Due::Warning)));
+        assert!(expiry.due(now + 30).is_none(), "warned once");
+        assert!(expiry
+            .due(now - 4)
+            .is_some_and(|d| matches!(d, Due::Warning)));
+        assert!(expiry.due(now - 4).is_none(), "within the leeway");
+        assert!(matches!(expiry.due(now - 5), Some(Due::Close)));
+        let far = TokenExpiry::new(60).timer(u64::MAX);
+        drop(far);
     }
 }

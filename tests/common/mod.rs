@@ -260,10 +260,21 @@ impl Endpoint {
     /// Connects `user` with a token in the query string; returns the HTTP status when refused.
     pub fn try_ws(&self, user: &str) -> Result<Client, ConnectError> {
         let token = self.token(user);
-        Client::connect(self.addr, &self.ws_url(Some(&token)), None).map(|mut c| {
+        self.try_ws_token(&token).map(|mut c| {
             c.user = user.to_owned();
             c
         })
+    }
+
+    /// Connects with `token`; returns the HTTP status when refused.
+    pub fn try_ws_token(&self, token: &str) -> Result<Client, ConnectError> {
+        Client::connect(self.addr, &self.ws_url(Some(token)), None)
+    }
+
+    /// An HS256 token with `claims`, signed with this server's secret.
+    pub fn token_with(&self, claims: &Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(self.jwt_secret.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).expect("sign")
     }
 }
 

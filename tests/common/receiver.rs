@@ -1,5 +1,6 @@
-//! A real HTTP receiver for webhook tests: an HTTP/1.1 server on loopback that records every
-//! request and answers as the test says (2xx, 500, or never).
+//! A real HTTP server for tests: an HTTP/1.1 server on loopback that records every request
+//! and answers as the test says (2xx, 500, or never), with the body the test gives: the
+//! receiver of webhook tests, and the JWKS endpoint of auth tests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,6 +35,8 @@ impl Received {
 #[derive(Default)]
 struct Shared {
     requests: Vec<Received>,
+    /// The body of every answer (JSON).
+    reply: Vec<u8>,
 }
 
 pub struct Receiver {
@@ -75,6 +78,11 @@ impl Receiver {
 
     pub fn answer(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
+    }
+
+    /// Answers with `body` (JSON) from now on.
+    pub fn reply_with(&self, body: &str) {
+        self.shared.lock().unwrap().reply = body.as_bytes().to_vec();
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -140,15 +148,23 @@ fn serve(stream: TcpStream, answer: &Mutex<Answer>, shared: &Mutex<Shared>) {
             return;
         }
         let answered = *answer.lock().unwrap();
-        shared.lock().unwrap().requests.push(Received {
-            signature,
-            body,
-            answered,
-        });
+        let reply = {
+            let mut shared = shared.lock().unwrap();
+            shared.requests.push(Received {
+                signature,
+                body,
+                answered,
+            });
+            shared.reply.clone()
+        };
         match answered {
             Answer::Status(status) => {
-                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
-                if writer.write_all(reply.as_bytes()).is_err() {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    reply.len()
+                );
+                if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&reply).is_err() {
                     return;
                 }
             }

@@ -34,6 +34,7 @@ const BACKOFF_CAP_MS = 30_000;
 const state = {
   me: null,
   token: null,
+  devMode: false, // the server mints tokens (/demo/token), so the page refreshes its own
   socket: null,
   everOpened: false, // a connection that never opened is a refused sign-in, not a drop
   attempt: 0, // reconnects since the last `resumed` reply
@@ -57,6 +58,7 @@ const debug = {
   received: [], // the frames it received, likewise
   resumed: [], // of every `resumed` reply: { reset, left, has_more }
   reconnects: [], // every reconnect scheduled: { attempt, capMs, delayMs }
+  refreshed: [], // the `exp` of every token the page replaced with `auth`
   hold: false, // a reconnect that is due waits
   holdResume: false, // a connection that opened waits before it sends `resume`
   holdCatchUp: false, // a catch-up waits before each `sync`
@@ -80,23 +82,51 @@ const countsAsUnread = (message) => kindOf(message) === "text" || kindOf(message
 
 async function start() {
   const config = await fetch("/demo/config").then((r) => r.json());
+  state.devMode = config.dev_mode;
   $("mint").hidden = !config.dev_mode;
   $("mint").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const user = $("mint-user").value.trim();
-    const reply = await fetch("/demo/token", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ user_id: user }),
-    });
-    const body = await reply.json();
-    if (!reply.ok) return showLoginError(body.message);
-    signIn(body.token);
+    try {
+      signIn(await mintToken($("mint-user").value.trim()));
+    } catch (error) {
+      showLoginError(error.message);
+    }
   });
   $("paste").addEventListener("submit", (event) => {
     event.preventDefault();
     signIn($("paste-token").value.trim());
   });
+}
+
+// Development mode only: the server signs a token for any user.
+async function mintToken(user) {
+  const reply = await fetch("/demo/token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user_id: user }),
+  });
+  const body = await reply.json();
+  if (!reply.ok) throw new Error(body.message);
+  return body.token;
+}
+
+// A connection lives as long as its token: 60 s before `exp` the server sends
+// `token_expiring`, and a fresh token of the same user, sent with `auth`, keeps the
+// connection open. In development mode the page mints one; otherwise it says the session is
+// ending, where a real app would ask its backend for a new token.
+async function refreshToken(exp) {
+  if (!state.devMode) {
+    const at = new Date(exp * 1000).toLocaleTimeString();
+    return setStatus("expiring", `your token expires at ${at}: sign in again to stay connected`);
+  }
+  try {
+    const token = await mintToken(state.me);
+    await request({ type: "auth", token });
+    state.token = token; // reconnects use it too
+    debug.refreshed.push(exp);
+  } catch (error) {
+    showRoomError(error);
+  }
 }
 
 function signIn(token) {
@@ -210,6 +240,7 @@ function receive(frame) {
     error.code = frame.code;
     return reject(error);
   }
+  if (frame.type === "token_expiring") return void refreshToken(frame.exp);
   // Pushes start as soon as the connection opens, before the `resume` reply: they wait for
   // it and are then merged into the cache it brings, by seq.
   if (state.held) return void state.held.push(frame);

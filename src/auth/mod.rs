@@ -1,10 +1,18 @@
-//! Who is calling: app users by JWT (HS256 with the shared secret, or RS256, ES256 and
-//! EdDSA with the configured public keys), RouteAPI by static API key.
+//! Who is calling: app users by JWT, RouteAPI by static API key.
 //!
-//! A token is checked only with a key made for its `alg`: the secret for HS256, a public key
-//! of the matching kind otherwise. So `alg: none`, a public key used as an HS256 secret, and
-//! an algorithm no key is for are all refused.
+//! App tokens are HS256 with the shared secret, or RS256, ES256 and EdDSA with the public
+//! keys of `auth.jwt_public_keys` (PEM) and `auth.jwks_url` ([`jwks`]). A token is checked
+//! only with a key made for its `alg`: the secret for HS256, a public key of the matching
+//! kind otherwise. So `alg: none`, a public key used as an HS256 secret, and an algorithm no
+//! key is for are all refused. A public-key token that names a `kid` is checked only with
+//! the JWKS key of that id.
+//!
+//! Whether a user's tokens were revoked is the engine's to say (it is stored); this module
+//! only reads what a token claims.
 
+mod jwks;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -13,10 +21,9 @@ use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::protocol::UserId;
-
-/// Clock skew tolerated on `exp` (PROTOCOL.md).
-const EXP_LEEWAY_SECS: u64 = 60;
+use jwks::Jwks;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -26,12 +33,25 @@ struct Claims {
     iat: Option<u64>,
 }
 
+/// What a verified app token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub user: UserId,
+    /// When it expires (Unix seconds); it is accepted until `exp` plus the leeway.
+    pub exp: u64,
+    /// When it was issued (Unix seconds), if it says.
+    pub iat: Option<u64>,
+}
+
 /// Checks app tokens and RouteAPI keys; built once from config and shared.
 pub struct Authenticator {
-    /// Every key with the one algorithm it verifies: the secret for HS256 first.
+    /// The secret for HS256, then the PEM public keys, each with the one algorithm it
+    /// verifies.
     keys: Vec<(Algorithm, DecodingKey)>,
+    jwks: Option<Jwks>,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway_s: u64,
     api_keys: Vec<Vec<u8>>,
 }
 
@@ -50,7 +70,7 @@ pub fn public_key(pem: &str) -> Result<(Algorithm, DecodingKey), String> {
 }
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Self {
+    pub fn new(config: &AuthConfig, metrics: Arc<Metrics>) -> Self {
         let secret = (
             Algorithm::HS256,
             DecodingKey::from_secret(config.jwt_secret.as_bytes()),
@@ -62,8 +82,16 @@ impl Authenticator {
             .filter_map(|pem| public_key(pem).ok());
         Self {
             keys: std::iter::once(secret).chain(public).collect(),
+            jwks: config.jwks_url.as_ref().map(|url| {
+                Jwks::new(
+                    url.clone(),
+                    Duration::from_secs(config.jwks_refresh_s),
+                    metrics,
+                )
+            }),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            leeway_s: config.leeway_s,
             api_keys: config
                 .api_keys
                 .iter()
@@ -72,15 +100,71 @@ impl Authenticator {
         }
     }
 
-    /// The user a token speaks for, if a key made for its algorithm verifies it, it is
-    /// unexpired (60 s of leeway), `iss` and `aud` match when configured, and its `sub` is
-    /// a valid user id.
-    pub fn user_of_token(&self, token: &str) -> Result<UserId, Error> {
+    /// Seconds a token stays good past its `exp`.
+    pub fn leeway_s(&self) -> u64 {
+        self.leeway_s
+    }
+
+    /// What a token says, if a key made for its algorithm verifies it, it is unexpired
+    /// (within the leeway), `iss` and `aud` match when configured, and its `sub` is a
+    /// valid user id.
+    pub async fn verify(&self, token: &str) -> Result<Token, Error> {
         let invalid =
             |e: jsonwebtoken::errors::Error| Error::Unauthorized(format!("invalid token: {e}"));
-        let alg = jsonwebtoken::decode_header(token).map_err(invalid)?.alg;
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        let alg = header.alg;
+        let keys = match (&header.kid, &self.jwks) {
+            // The secret has no id: an HS256 token's `kid` says nothing about it.
+            (_, _) if alg == Algorithm::HS256 => self.fixed_keys(alg),
+            (Some(kid), Some(jwks)) => jwks.keys_of(kid, alg).await?,
+            (Some(kid), None) => {
+                return Err(Error::Unauthorized(format!(
+                    "the token names key {kid:?}, but no auth.jwks_url is configured \
+                     (auth.jwt_public_keys verify tokens without a kid)"
+                )))
+            }
+            (None, jwks) => {
+                let mut keys = self.fixed_keys(alg);
+                if let Some(jwks) = jwks {
+                    keys.extend(jwks.keys_for(alg));
+                }
+                keys
+            }
+        };
+        let validation = self.validation(alg);
+        let mut refused = None;
+        for key in &keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    let user = UserId::parse(&data.claims.sub).map_err(|_| {
+                        Error::Unauthorized("token's sub is not a valid user id".into())
+                    })?;
+                    return Ok(Token {
+                        user,
+                        exp: data.claims.exp,
+                        iat: data.claims.iat,
+                    });
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
+        Err(match refused {
+            Some(e) => invalid(e),
+            None => Error::Unauthorized(format!("no key is configured for {alg:?} tokens")),
+        })
+    }
+
+    fn fixed_keys(&self, alg: Algorithm) -> Vec<DecodingKey> {
+        self.keys
+            .iter()
+            .filter(|(key_alg, _)| *key_alg == alg)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
-        validation.leeway = EXP_LEEWAY_SECS;
+        validation.leeway = self.leeway_s;
         let mut required = vec!["exp", "sub"];
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
@@ -94,21 +178,15 @@ impl Authenticator {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        let mut refused = None;
-        for (_, key) in self.keys.iter().filter(|(key_alg, _)| *key_alg == alg) {
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => {
-                    return UserId::parse(&data.claims.sub).map_err(|_| {
-                        Error::Unauthorized("token's sub is not a valid user id".into())
-                    })
-                }
-                Err(e) => refused = Some(e),
-            }
+        validation
+    }
+
+    /// Keeps the JWKS keys fresh, with `auth.jwks_url` set; never returns.
+    pub async fn refresh_keys(&self) {
+        match &self.jwks {
+            Some(jwks) => jwks.refresh_forever().await,
+            None => std::future::pending().await,
         }
-        Err(match refused {
-            Some(e) => invalid(e),
-            None => Error::Unauthorized(format!("no key is configured for {alg:?} tokens")),
-        })
     }
 
     /// Whether `key` is one of the configured API keys. Every key is compared in full, in
@@ -170,21 +248,21 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_wrong_secrets_fail() {
-        let auth = Authenticator::new(&config());
+        let auth = Authenticator::new(&config(), Metrics::new());
         let user = UserId::parse("rider-1").unwrap();
         let token = issue_token("s3cret", &user, Duration::from_secs(60)).unwrap();
-        assert_eq!(auth.user_of_token(&token).unwrap(), user);
+        assert_eq!(smol::block_on(auth.verify(&token)).unwrap().user, user);
         let forged = issue_token("other", &user, Duration::from_secs(60)).unwrap();
         assert_eq!(
-            auth.user_of_token(&forged).unwrap_err().code(),
+            smol::block_on(auth.verify(&forged)).unwrap_err().code(),
             "unauthorized"
         );
-        assert!(auth.user_of_token("garbage").is_err());
+        assert!(smol::block_on(auth.verify("garbage")).is_err());
     }
 
     #[test]
     fn expired_tokens_fail_past_the_leeway() {
-        let auth = Authenticator::new(&config());
+        let auth = Authenticator::new(&config(), Metrics::new());
         let now = crate::protocol::now_ms() / 1000;
         let sign = |exp: u64| {
             let claims = Claims {
@@ -195,13 +273,14 @@ mod tests {
             let key = EncodingKey::from_secret(b"s3cret");
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
         };
-        assert!(auth.user_of_token(&sign(now - 30)).is_ok(), "within leeway");
-        assert!(auth.user_of_token(&sign(now - 120)).is_err(), "past leeway");
+        let verify = |token: String| smol::block_on(auth.verify(&token));
+        assert!(verify(sign(now - 30)).is_ok(), "within leeway");
+        assert!(verify(sign(now - 120)).is_err(), "past leeway");
     }
 
     #[test]
     fn api_keys() {
-        let auth = Authenticator::new(&config());
+        let auth = Authenticator::new(&config(), Metrics::new());
         assert!(auth.is_api_key("key-2"));
         assert!(!auth.is_api_key("key-"));
         assert!(!auth.is_api_key(""));
