@@ -85,6 +85,27 @@ fn main() {
         scale::run(rooms, measure);
         return;
     }
+    // LOAD_CLUSTER_READY=N starts a one-node and a two-node cluster N times (default 5)
+    // and reports each node's spawn-to-ready time on a new, empty Redis.
+    if let Ok(times) = std::env::var("LOAD_CLUSTER_READY") {
+        let times: usize = times.parse().unwrap_or(5).max(1);
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for _ in 0..times {
+            let target = Target::chat_engine_cluster(2).expect("redis-server");
+            first.push(target.ready[0].as_secs_f64() * 1000.0);
+            second.push(target.ready[1].as_secs_f64() * 1000.0);
+        }
+        first.sort_by(f64::total_cmp);
+        second.sort_by(f64::total_cmp);
+        println!(
+            "cluster: spawn to ready on an empty Redis, median of {times}: first node {:.0} ms, \
+             second node {:.0} ms (sorted: {first:.0?}, {second:.0?})",
+            first[times / 2],
+            second[times / 2],
+        );
+        return;
+    }
     // LOAD_IDLE=1 measures only the idle connections (scenario 3).
     if std::env::var_os("LOAD_IDLE").is_some() {
         let engine = idle::rss_per_connection(&Target::chat_engine(), 5_000);

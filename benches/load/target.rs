@@ -63,6 +63,8 @@ pub struct Target {
     /// Cluster mode: the other nodes (process, address, directory) and the Redis they share.
     peers: Vec<(Child, SocketAddr, tempfile::TempDir)>,
     redis: Option<(Child, tempfile::TempDir)>,
+    /// Cluster mode: how long each node took from its spawn to its first `/readyz` 200.
+    pub ready: Vec<Duration>,
 }
 
 impl Target {
@@ -91,6 +93,7 @@ impl Target {
             dir,
             peers: Vec::new(),
             redis: None,
+            ready: Vec::new(),
         }
     }
 
@@ -126,22 +129,21 @@ impl Target {
             std::thread::sleep(Duration::from_millis(20));
         }
         let cluster = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
-        let (child, addr, dir, started) = Self::start_node_seeded(&cluster, |_| {});
+        // Each node answers once it has connected to Redis and read every log; the first
+        // finds Redis empty, the others find it named and hold no position yet.
+        let mut ready = Vec::new();
+        let mut start = || {
+            let (child, addr, dir, started) = Self::start_node_seeded(&cluster, |_| {});
+            ready.push(ready_since(addr, started));
+            (child, addr, dir, started)
+        };
+        let (child, addr, dir, started) = start();
         let peers: Vec<_> = (1..nodes)
             .map(|_| {
-                let (child, addr, dir, _) = Self::start_node_seeded(&cluster, |_| {});
+                let (child, addr, dir, _) = start();
                 (child, addr, dir)
             })
             .collect();
-        // Each node answers once it has connected to Redis and read every log.
-        let agent = ureq::Agent::new_with_defaults();
-        for node in std::iter::once(addr).chain(peers.iter().map(|peer| peer.1)) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while agent.get(format!("http://{node}/readyz")).call().is_err() {
-                assert!(std::time::Instant::now() < deadline, "{node} not ready");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
         Some(Target {
             kind: Kind::ChatEngine,
             addr,
@@ -150,6 +152,7 @@ impl Target {
             dir,
             peers,
             redis: Some((redis, redis_dir)),
+            ready,
         })
     }
 
@@ -216,21 +219,7 @@ impl Target {
     /// Waits for the first `/readyz` 200 (asking every 2 ms) and returns the time from the
     /// process's spawn to it: start-up as an operator's health check sees it.
     pub fn ready_after(&self) -> Duration {
-        let agent = ureq::Agent::new_with_defaults();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            // A request that connects before the server serves waits in the listen backlog
-            // and is answered as soon as it does, so the first 200 is timed to within a poll.
-            if agent
-                .get(format!("http://{}/readyz", self.addr))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return self.started.elapsed();
-            }
-            assert!(Instant::now() < deadline, "not ready after 600 s");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        ready_since(self.addr, self.started)
     }
 
     /// The directory chat-engine's `--data` names.
@@ -251,6 +240,7 @@ impl Target {
             dir,
             peers: Vec::new(),
             redis: None,
+            ready: Vec::new(),
         }
     }
 
@@ -386,4 +376,23 @@ fn spawn(mut command: Command) -> (Child, SocketAddr) {
         .recv_timeout(Duration::from_secs(60))
         .expect("server did not start within 60 s");
     (child, addr)
+}
+
+/// How long after `started` the server at `addr` first answered `/readyz` with 200.
+fn ready_since(addr: SocketAddr, started: Instant) -> Duration {
+    let agent = ureq::Agent::new_with_defaults();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        // A request that connects before the server serves waits in the listen backlog and
+        // is answered as soon as it does, so the first 200 is timed to within a poll.
+        if agent
+            .get(format!("http://{addr}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return started.elapsed();
+        }
+        assert!(Instant::now() < deadline, "not ready after 600 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

@@ -582,14 +582,20 @@ impl Cluster {
     async fn follow(&self, engine: &Engine, shard: u16) {
         let (log, typing) = (log_key(shard), typing_key(shard));
         let progress = &self.shards[usize::from(shard)];
-        let options = StreamReadOptions::default()
+        let at_once = StreamReadOptions::default().count(READ_COUNT);
+        let blocking = StreamReadOptions::default()
             .count(READ_COUNT)
             .block(link::READ_BLOCK.as_millis() as usize);
         let mut attempt = 0;
         loop {
-            // Positions mean nothing until they are known to belong to this Redis.
-            if lock(&self.epoch).is_none() || self.broken().is_some() {
+            if self.broken().is_some() {
                 smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+            // Positions mean nothing until they are known to belong to this Redis, which
+            // the identity check tells within a round trip or two of connecting.
+            if lock(&self.epoch).is_none() {
+                smol::Timer::after(Duration::from_millis(5)).await;
                 continue;
             }
             let mut conn = match self.link.dedicated().await {
@@ -615,9 +621,16 @@ impl Cluster {
             // A node out of sync stops applying until an operator repairs it.
             while self.broken().is_none() {
                 let from = progress.position().to_string();
+                // Until the log has been read to its end, reads do not wait for new entries:
+                // a node on an empty or short log is ready at once, not after a block.
+                let options = if progress.caught_up.load(Ordering::Acquire) {
+                    &blocking
+                } else {
+                    &at_once
+                };
                 // Both streams share the shard's hash tag, so one read serves them.
                 let read: Result<Option<StreamReadReply>, _> = conn
-                    .xread_options(&[&log, &typing], &[&from, &typing_from], &options)
+                    .xread_options(&[&log, &typing], &[&from, &typing_from], options)
                     .await;
                 let streams = match read {
                     Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
