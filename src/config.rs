@@ -386,7 +386,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.auth.jwks_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_http_url(url) {
                 return invalid(format!(
                     "auth.jwks_url {url:?} is not an http:// or https:// URL"
                 ));
@@ -468,7 +468,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.webhooks.url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_http_url(url) {
                 return invalid(format!(
                     "webhooks.url {url:?} is not an http:// or https:// URL"
                 ));
@@ -507,6 +507,11 @@ impl Config {
         }
         found
     }
+}
+
+/// Whether `url` is one the HTTP client can call (webhooks, JWKS).
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 /// Reads an optional string where an empty one means unset, as the documented defaults

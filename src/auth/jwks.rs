@@ -70,34 +70,44 @@ impl Jwks {
     /// The keys for `alg`, whatever their id (for tokens that name none).
     pub fn keys_for(&self, alg: Algorithm) -> Vec<DecodingKey> {
         self.matching(|key| key.alg == alg)
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect()
     }
 
     /// The keys with id `kid` for `alg`. With no key of that id, fetches the document again
     /// first, unless the last fetch began less than [`MIN_REFETCH`] ago.
     pub async fn keys_of(&self, kid: &str, alg: Algorithm) -> Result<Vec<DecodingKey>, Error> {
         let named = |key: &Key| key.kid.as_deref() == Some(kid);
-        if self.matching(named).is_empty() {
+        let mut found = self.matching(named);
+        if found.is_empty() {
             self.refetch().await;
+            found = self.matching(named);
         }
-        let keys = self.matching(|key| named(key) && key.alg == alg);
-        if !keys.is_empty() {
-            Ok(keys)
-        } else if self.matching(named).is_empty() {
-            Err(Error::Unauthorized(format!(
+        if found.is_empty() {
+            return Err(Error::Unauthorized(format!(
                 "no key {kid:?} at auth.jwks_url"
-            )))
-        } else {
-            Err(Error::Unauthorized(format!(
-                "key {kid:?} is not for {alg:?} tokens"
-            )))
+            )));
         }
+        let keys: Vec<_> = found
+            .into_iter()
+            .filter(|(key_alg, _)| *key_alg == alg)
+            .map(|(_, key)| key)
+            .collect();
+        if keys.is_empty() {
+            return Err(Error::Unauthorized(format!(
+                "key {kid:?} is not for {alg:?} tokens"
+            )));
+        }
+        Ok(keys)
     }
 
-    fn matching(&self, wanted: impl Fn(&Key) -> bool) -> Vec<DecodingKey> {
+    /// The held keys `wanted` picks, each with its algorithm.
+    fn matching(&self, wanted: impl Fn(&Key) -> bool) -> Vec<(Algorithm, DecodingKey)> {
         let keys = lock(&self.keys).clone();
         keys.iter()
             .filter(|key| wanted(key))
-            .map(|key| key.key.clone())
+            .map(|key| (key.alg, key.key.clone()))
             .collect()
     }
 
