@@ -7,33 +7,35 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use smol::io::AsyncReadExt;
 use tide::{Response, Server, StatusCode};
 
-use super::{bearer, counted, error_response, json, ErrorBody, Req};
+use super::schemas::{BackupDir, HistoryCursor, PathId, RouteRoomId, Seq};
+use super::{bearer, error_response, json, ErrorBody, Req, Resource};
 use crate::engine::membership::Outcome;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::protocol::{HistoryQuery, Message, NewChange, NewMessage, RoomId, RoomView, UserId};
 
 pub fn routes(app: &mut Server<Engine>) {
-    const ROOM: &str = "/v1/rooms/:room_id";
-    const MEMBER: &str = "/v1/rooms/:room_id/members/:user_id";
-    const MESSAGES: &str = "/v1/rooms/:room_id/messages";
-    const MESSAGE: &str = "/v1/rooms/:room_id/messages/:seq";
-    const BACKUP: &str = "/v1/admin/backup";
-    app.at(ROOM)
-        .put(counted(ROOM, rest(put_room)))
-        .get(counted(ROOM, rest(get_room)))
-        .delete(counted(ROOM, rest(delete_room)));
-    app.at(MEMBER)
-        .put(counted(MEMBER, rest(put_member)))
-        .delete(counted(MEMBER, rest(delete_member)));
-    app.at(MESSAGES)
-        .post(counted(MESSAGES, rest(post_message)))
-        .get(counted(MESSAGES, rest(get_messages)));
-    app.at(MESSAGE)
-        .get(counted(MESSAGE, rest(get_message)))
-        .patch(counted(MESSAGE, rest(patch_message)))
-        .delete(counted(MESSAGE, rest(delete_message)));
-    app.at(BACKUP).post(counted(BACKUP, rest(post_backup)));
+    Resource::new("/v1/rooms/:room_id")
+        .put(rest(put_room))
+        .get(rest(get_room))
+        .delete(rest(delete_room))
+        .serve(app);
+    Resource::new("/v1/rooms/:room_id/members/:user_id")
+        .put(rest(put_member))
+        .delete(rest(delete_member))
+        .serve(app);
+    Resource::new("/v1/rooms/:room_id/messages")
+        .post(rest(post_message))
+        .get(rest(get_messages))
+        .serve(app);
+    Resource::new("/v1/rooms/:room_id/messages/:seq")
+        .get(rest(get_message))
+        .patch(rest(patch_message))
+        .delete(rest(delete_message))
+        .serve(app);
+    Resource::new("/v1/admin/backup")
+        .post(rest(post_backup))
+        .serve(app);
 }
 
 /// Wraps a handler with API-key auth and the protocol's error bodies.
@@ -64,12 +66,22 @@ where
     }
 }
 
+/// A path parameter as the client meant it: tide hands it over percent-encoded, and a
+/// client may encode characters ids allow (`:` as `%3A`, `@` as `%40`).
+fn path_param(req: &Req, name: &str) -> Result<String, Error> {
+    let raw = req.param(name).unwrap_or_default();
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| Error::BadRequest(format!("{name} is not UTF-8 once percent-decoded")))
+}
+
 fn room_param(req: &Req) -> Result<RoomId, Error> {
-    RoomId::parse(req.param("room_id").unwrap_or_default())
+    RoomId::parse(&path_param(req, "room_id")?)
 }
 
 fn user_param(req: &Req) -> Result<UserId, Error> {
-    UserId::parse(req.param("user_id").unwrap_or_default())
+    UserId::parse(&path_param(req, "user_id")?)
 }
 
 fn seq_param(req: &Req) -> Result<u64, Error> {
@@ -117,7 +129,7 @@ pub(super) struct PutRoom {
     put,
     path = "/v1/rooms/{room_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(RouteRoomId), Path, description = "The room to create")),
     request_body = PutRoom,
     responses(
         (status = 201, description = "Created", body = RoomView),
@@ -126,6 +138,7 @@ pub(super) struct PutRoom {
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 409, description = "Conflict (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -145,12 +158,14 @@ pub(super) async fn put_room(mut req: Req) -> Result<Response, Error> {
     get,
     path = "/v1/rooms/{room_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room")),
     responses(
         (status = 200, description = "The room", body = RoomView),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
-        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody)
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
+        (status = 503, description = "Storage cannot be read now (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
 )]
@@ -164,12 +179,13 @@ pub(super) async fn get_room(req: Req) -> Result<Response, Error> {
     delete,
     path = "/v1/rooms/{room_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room")),
     responses(
         (status = 204, description = "Closed, also when it was closed or never existed"),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -184,7 +200,7 @@ pub(super) async fn delete_room(req: Req) -> Result<Response, Error> {
     put,
     path = "/v1/rooms/{room_id}/members/{user_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"), ("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room"), ("user_id" = inline(PathId), Path, description = "The user")),
     responses(
         (status = 201, description = "Joined (also a re-join after leaving)", body = RoomView),
         (status = 200, description = "Already a member", body = RoomView),
@@ -192,6 +208,7 @@ pub(super) async fn delete_room(req: Req) -> Result<Response, Error> {
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -207,13 +224,14 @@ pub(super) async fn put_member(req: Req) -> Result<Response, Error> {
     delete,
     path = "/v1/rooms/{room_id}/members/{user_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"), ("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room"), ("user_id" = inline(PathId), Path, description = "The user")),
     responses(
         (status = 204, description = "Removed, also when not a member"),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -236,7 +254,7 @@ pub(super) struct MessageReply<'a> {
     post,
     path = "/v1/rooms/{room_id}/messages",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room")),
     request_body = NewMessage,
     responses(
         (status = 201, description = "Stored and pushed", body = MessageReply),
@@ -245,6 +263,7 @@ pub(super) struct MessageReply<'a> {
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
         (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -270,14 +289,16 @@ pub(super) async fn post_message(mut req: Req) -> Result<Response, Error> {
     path = "/v1/rooms/{room_id}/messages/{seq}",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("seq" = u64, Path, description = "The message's seq")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("seq" = inline(Seq), Path, description = "The message's seq")
     ),
     responses(
         (status = 200, description = "The message", body = MessageReply),
         (status = 400, description = "Bad id or seq (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
-        (status = 404, description = "No such room or message (`not_found`)", body = ErrorBody)
+        (status = 404, description = "No such room or message (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
+        (status = 503, description = "Storage cannot be read now (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
 )]
@@ -305,8 +326,8 @@ pub(super) struct EditBody {
     path = "/v1/rooms/{room_id}/messages/{seq}",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("seq" = u64, Path, description = "The seq of the system message to edit")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("seq" = inline(Seq), Path, description = "The seq of the system message to edit")
     ),
     request_body = EditBody,
     responses(
@@ -317,6 +338,7 @@ pub(super) struct EditBody {
         (status = 404, description = "No such open room or message (`not_found`)", body = ErrorBody),
         (status = 409, description = "The message was deleted (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over `limits.max_body_bytes`, or text and data over `limits.max_message_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -358,14 +380,15 @@ pub(super) async fn patch_message(mut req: Req) -> Result<Response, Error> {
     path = "/v1/rooms/{room_id}/messages/{seq}",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("seq" = u64, Path, description = "The seq of the message to delete")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("seq" = inline(Seq), Path, description = "The seq of the message to delete")
     ),
     responses(
         (status = 204, description = "Deleted, also when it was deleted already"),
         (status = 400, description = "Bad id, or the message is itself a change (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such open room or message (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -400,17 +423,17 @@ pub(super) struct MessagesReply<'a> {
     path = "/v1/rooms/{room_id}/messages",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("since_ts" = Option<u64>, Query, description = "Messages with a later ts, oldest first"),
-        ("since_seq" = Option<u64>, Query, description = "Messages after this seq, oldest first"),
-        ("before_seq" = Option<u64>, Query, description = "Messages before this seq, newest last"),
-        ("limit" = Option<u32>, Query, description = "At most this many (up to 500)")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("history" = Option<HistoryCursor>, Query, style = Form, explode,
+            description = "At most one cursor (`since_ts`, `since_seq` or `before_seq`) and a `limit`, each a query parameter of its own")
     ),
     responses(
         (status = 200, description = "A page of history", body = MessagesReply),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
-        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody)
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
+        (status = 503, description = "Storage cannot be read now (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
 )]
@@ -432,7 +455,7 @@ pub(super) async fn get_messages(req: Req) -> Result<Response, Error> {
 #[serde(deny_unknown_fields)]
 pub(super) struct BackupRequest {
     /// An absolute directory that does not exist yet, writable by the server.
-    #[schema(value_type = String)]
+    #[schema(value_type = BackupDir)]
     to: std::path::PathBuf,
 }
 
@@ -444,9 +467,11 @@ pub(super) struct BackupRequest {
     request_body = BackupRequest,
     responses(
         (status = 201, description = "Written", body = BackupRequest),
-        (status = 409, description = "The directory exists", body = ErrorBody),
-        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 400, description = "Bad body: `to` is not an absolute path (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "The directory exists (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "The directory could not be written, or a bug; logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
