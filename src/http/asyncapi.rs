@@ -158,10 +158,6 @@ pub fn document(host: &str) -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": DESCRIPTION,
             "license": { "name": env!("CARGO_PKG_LICENSE") },
-            "externalDocs": {
-                "description": "The REST calls and the upgrade request (OpenAPI)",
-                "url": "/openapi.json",
-            },
         },
         "defaultContentType": "application/json",
         "servers": {
@@ -213,7 +209,8 @@ Before the upgrade the server answers 401 for a missing, bad or expired token, 4
 request that is not an upgrade, and 429 over `limits.max_connections_per_user`. Close codes: \
 1000 idle, 1001 shutdown, 1008 too many bad frames, 1009 a frame over \
 `limits.max_frame_bytes`, 1013 outbound queue full (reconnect and sync). Length limits are \
-bytes of UTF-8 (the schemas' lengths count characters: the same for ASCII).";
+bytes of UTF-8 (the schemas' lengths count characters: the same for ASCII). The REST calls \
+and the upgrade request are in the OpenAPI document, `/openapi.json`.";
 
 #[cfg(test)]
 mod tests {
