@@ -262,7 +262,7 @@ pub(super) struct MessageReply<'a> {
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (65536), or text and data over `limits.max_message_bytes` (16384) (`too_large`)", body = ErrorBody),
         (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
