@@ -61,6 +61,20 @@ impl Error {
         }
     }
 
+    /// Every `code` there is, for the API documents' schemas.
+    pub const CODES: [&'static str; 10] = [
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_member",
+        "not_found",
+        "conflict",
+        "too_large",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ];
+
     pub fn room_not_found(room_id: &str) -> Error {
         Error::NotFound(format!("no room {room_id}"))
     }
@@ -95,6 +109,20 @@ impl Error {
         Error::Forbidden(format!("{user} and {other} share no route room"))
     }
 }
+
+/// An error's `code` in the OpenAPI and AsyncAPI documents: one of [`Error::CODES`].
+pub struct ErrorCode;
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Error::CODES))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -156,8 +184,10 @@ mod tests {
             (Error::Unavailable(s()), "unavailable", 503),
             (Error::Internal(s()), "internal", 500),
         ];
-        for (error, code, status) in table {
-            assert_eq!((error.code(), error.http_status()), (code, status));
+        for (error, code, status) in &table {
+            assert_eq!((error.code(), error.http_status()), (*code, *status));
         }
+        let codes: Vec<&str> = table.iter().map(|(_, code, _)| *code).collect();
+        assert_eq!(codes, Error::CODES, "CODES lists every code once");
     }
 }

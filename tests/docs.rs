@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use common::{agent, tool_available as available, TestServer};
+use common::{agent, node_path, tool_available as available, TestServer};
 
 /// Every route the server has, as the OpenAPI document spells it.
 const ROUTES: [(&str, &str); 16] = [
@@ -85,6 +85,97 @@ fn openapi_documents_every_route_the_router_serves() {
     for status in ["200", "201", "409"] {
         assert!(put_room["responses"][status].is_object(), "{status}");
     }
+}
+
+/// The methods `OPTIONS` says a path allows.
+fn allowed(server: &TestServer, method: &str, path: &str) -> (u16, BTreeSet<String>) {
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(server.url(path))
+        .body(())
+        .unwrap();
+    let response = agent()
+        .run(request)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let methods = allow
+        .split(',')
+        .map(|m| m.trim().to_lowercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    (response.status().as_u16(), methods)
+}
+
+/// RFC 9110: a method a path lacks is answered 405 with `Allow`, OPTIONS 204 with it, and
+/// `Allow` names what the OpenAPI document names for the path (with HEAD for GET).
+#[test]
+fn every_path_says_which_methods_it_allows() {
+    let server = TestServer::start();
+    let document = openapi(&server);
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{room_id}", "r")
+            .replace("{user_id}", "u")
+            .replace("{seq}", "1");
+        let mut documented: BTreeSet<String> = item.as_object().unwrap().keys().cloned().collect();
+        if documented.contains("get") {
+            documented.insert("head".into());
+        }
+        documented.insert("options".into());
+        assert_eq!(
+            allowed(&server, "OPTIONS", &concrete),
+            (204, documented.clone()),
+            "OPTIONS {concrete}"
+        );
+        for method in ["GET", "PUT", "POST", "PATCH", "DELETE", "TRACE"] {
+            if !documented.contains(&method.to_lowercase()) {
+                assert_eq!(
+                    allowed(&server, method, &concrete),
+                    (405, documented.clone()),
+                    "{method} {concrete}"
+                );
+            }
+        }
+    }
+    // Paths outside the document answer the same way, and HEAD is GET without the body.
+    let get_only: BTreeSet<String> = ["get", "head", "options"].map(String::from).into();
+    assert_eq!(
+        allowed(&server, "DELETE", "/openapi.json"),
+        (405, get_only.clone())
+    );
+    assert_eq!(allowed(&server, "POST", "/asyncapi.json"), (405, get_only));
+    assert_eq!(allowed(&server, "HEAD", "/healthz").0, 200);
+}
+
+#[test]
+fn openapi_points_at_the_asyncapi_document_and_has_the_crates_license() {
+    let server = TestServer::start();
+    let document = openapi(&server);
+    let info = &document["info"];
+    assert_eq!(info["license"]["name"], env!("CARGO_PKG_LICENSE"));
+    assert_eq!(info["license"]["identifier"], env!("CARGO_PKG_LICENSE"));
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    // Swagger UI (/docs) shows the description, with its link.
+    let description = info["description"].as_str().unwrap();
+    assert!(
+        description.contains("[/asyncapi.json](/asyncapi.json)"),
+        "{description}"
+    );
+    assert_eq!(document["externalDocs"]["url"], "/asyncapi.json");
+    let (status, asyncapi) = server.rest("GET", "/asyncapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        asyncapi["info"]["license"]["name"],
+        env!("CARGO_PKG_LICENSE")
+    );
+    assert_eq!(
+        asyncapi["servers"]["chat-engine"]["host"],
+        server.addr.to_string()
+    );
 }
 
 #[test]
@@ -172,17 +263,6 @@ fn the_demo_mints_tokens_only_in_development_mode() {
     let mut alice =
         common::Client::connect(dev.addr, &dev.ws_url(Some(token)), None).expect("the token works");
     assert!(alice.rooms().is_empty());
-}
-
-/// Where `.ci/run` installs playwright-core, unless NODE_PATH says otherwise.
-fn node_path() -> PathBuf {
-    std::env::var_os("NODE_PATH").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            Path::new(&home).join(".cache/chat-engine-ci/node/node_modules")
-        },
-        PathBuf::from,
-    )
 }
 
 /// Whether headless Chromium and playwright-core are here to drive the demo page with (a

@@ -1,5 +1,5 @@
-//! Operations: `/metrics`, idle connections, and what an operator relies on to see the
-//! server's state.
+//! Operations: `/metrics`, idle connections, `--version`, and what an operator relies on to
+//! see the server's state.
 
 mod common;
 
@@ -120,4 +120,18 @@ fn silent_connections_are_dropped_and_answering_ones_kept() {
         1.0
     );
     alive.request_ok(json!({"type": "ping"}), "pong");
+}
+
+/// `chat-engine --version` (and `-V`) prints the package's name and version and exits 0.
+#[test]
+fn the_binary_says_its_version() {
+    for flag in ["--version", "-V"] {
+        let (status, stdout, _) = run_bin(&[flag], Duration::from_secs(15));
+        assert!(status.success(), "{flag}");
+        assert_eq!(
+            stdout.trim(),
+            format!("chat-engine {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
 }

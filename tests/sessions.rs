@@ -133,6 +133,8 @@ fn disconnect_closes_every_connection_of_the_user_with_4003() {
     // Repeats, and users with no connection, answer 204 too (RouteAPI retries).
     assert_eq!(disconnect(&server, "nobody", Some(json!({}))), 204);
     assert_eq!(disconnect(&server, "nobody", None), 204);
+    // JSON null is no body, as the OpenAPI document's optional body allows.
+    assert_eq!(disconnect(&server, "nobody", Some(Value::Null)), 204);
 }
 
 #[test]

@@ -250,13 +250,19 @@ impl Engine {
     }
 
     /// Writes a consistent copy of the data directory to `dir` while serving (`chat-engine
-    /// backup`). `dir` must be absolute and must not exist.
+    /// backup`). `dir` must be absolute, hold no NUL byte, and must not exist.
     pub async fn backup(&self, dir: std::path::PathBuf) -> Result<(), Error> {
         if !dir.is_absolute() {
             return Err(Error::BadRequest(format!(
                 "backup directory {} is not an absolute path",
                 dir.display()
             )));
+        }
+        // The file system would refuse it (an internal error); it is the caller's mistake.
+        if dir.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(Error::BadRequest(
+                "backup directory holds a NUL byte".into(),
+            ));
         }
         if dir.exists() {
             return Err(Error::Conflict(format!("{} already exists", dir.display())));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tide::{Response, Server, StatusCode};
 
-use super::{counted, error_response, json, Req};
+use super::{error_response, json, Req, Resource};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::protocol::UserId;
@@ -22,17 +22,19 @@ const STYLE: &str = include_str!("demo/demo.css");
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
 pub fn routes(app: &mut Server<Engine>) {
-    app.at("/demo").get(counted("/demo", |_| {
-        asset(INDEX, "text/html; charset=utf-8")
-    }));
-    app.at("/demo/demo.js").get(counted("/demo", |_| {
-        asset(SCRIPT, "text/javascript; charset=utf-8")
-    }));
-    app.at("/demo/demo.css").get(counted("/demo", |_| {
-        asset(STYLE, "text/css; charset=utf-8")
-    }));
-    app.at("/demo/config").get(counted("/demo/config", config));
-    app.at("/demo/token").post(counted("/demo/token", token));
+    Resource::new("/demo")
+        .get(|_| asset(INDEX, "text/html; charset=utf-8"))
+        .serve(app);
+    Resource::new("/demo/demo.js")
+        .counted_as("/demo")
+        .get(|_| asset(SCRIPT, "text/javascript; charset=utf-8"))
+        .serve(app);
+    Resource::new("/demo/demo.css")
+        .counted_as("/demo")
+        .get(|_| asset(STYLE, "text/css; charset=utf-8"))
+        .serve(app);
+    Resource::new("/demo/config").get(config).serve(app);
+    Resource::new("/demo/token").post(token).serve(app);
 }
 
 async fn asset(body: &'static str, content_type: &'static str) -> tide::Result {

@@ -1,18 +1,22 @@
-//! The HTTP edge (tide): routes, API-key auth, body limits, error bodies, operations
-//! endpoints, and the WebSocket upgrade that hands the socket to [`crate::ws`].
+//! The HTTP edge (tide): routes (with the `Allow` answers of RFC 9110 for the methods a path
+//! lacks), API-key auth, body limits, error bodies, operations endpoints, and the WebSocket
+//! upgrade that hands the socket to [`crate::ws`].
 //!
 //! tide (and through it async-std) stays inside this module, so it can be replaced without
 //! touching the engine.
 
+pub mod asyncapi;
 mod demo;
 pub mod docs;
 mod rest;
+mod schemas;
 mod upgrade;
 
 use std::sync::Arc;
 
 use serde::Serialize;
-use tide::{Endpoint, Request, Response, StatusCode};
+use tide::http::Method;
+use tide::{Endpoint, Request, Response, Server, StatusCode};
 
 use crate::engine::Engine;
 use crate::error::Error;
@@ -26,18 +30,121 @@ pub async fn serve(listener: std::net::TcpListener, engine: Engine) -> std::io::
     // back until the client's delayed ACK, about 40 ms per message.
     socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
     let mut app = tide::with_state(engine);
-    app.at("/healthz").get(counted("/healthz", healthz));
-    app.at("/readyz").get(counted("/readyz", readyz));
-    app.at("/metrics").get(counted("/metrics", metrics));
-    app.at("/openapi.json")
-        .get(counted("/openapi.json", docs::openapi));
-    app.at("/docs").get(counted("/docs", docs::swagger_ui));
-    app.at("/docs/").get(counted("/docs", docs::swagger_ui));
-    app.at("/docs/*").get(counted("/docs", docs::swagger_ui));
-    app.at("/v1/ws").get(counted("/v1/ws", upgrade::websocket));
+    Resource::new("/healthz").get(healthz).serve(&mut app);
+    Resource::new("/readyz").get(readyz).serve(&mut app);
+    Resource::new("/metrics").get(metrics).serve(&mut app);
+    Resource::new("/openapi.json")
+        .get(docs::openapi)
+        .serve(&mut app);
+    Resource::new("/asyncapi.json")
+        .get(docs::asyncapi)
+        .serve(&mut app);
+    for path in ["/docs", "/docs/", "/docs/*"] {
+        Resource::new(path)
+            .counted_as("/docs")
+            .get(docs::swagger_ui)
+            .serve(&mut app);
+    }
+    Resource::new("/v1/ws")
+        .get(upgrade::websocket)
+        .serve(&mut app);
     demo::routes(&mut app);
     rest::routes(&mut app);
     app.listen(listener).await
+}
+
+/// The endpoints of one path, registered together so that the path answers the methods it
+/// lacks as RFC 9110 asks: 405 with `Allow`, and OPTIONS with 204 and `Allow`. HEAD is served
+/// by GET (the HTTP layer leaves the body out), as tide would do by itself.
+struct Resource {
+    path: &'static str,
+    /// The route label of its requests in the metrics.
+    label: &'static str,
+    endpoints: Vec<(Method, Arc<dyn Endpoint<Engine>>)>,
+}
+
+impl Resource {
+    fn new(path: &'static str) -> Self {
+        Resource {
+            path,
+            label: path,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// Counts its requests under `label` instead of the path.
+    fn counted_as(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
+    }
+
+    fn method(mut self, method: Method, endpoint: impl Endpoint<Engine>) -> Self {
+        self.endpoints.push((method, Arc::new(endpoint)));
+        self
+    }
+
+    fn get(self, endpoint: impl Endpoint<Engine>) -> Self {
+        self.method(Method::Get, endpoint)
+    }
+
+    fn put(self, endpoint: impl Endpoint<Engine>) -> Self {
+        self.method(Method::Put, endpoint)
+    }
+
+    fn post(self, endpoint: impl Endpoint<Engine>) -> Self {
+        self.method(Method::Post, endpoint)
+    }
+
+    fn patch(self, endpoint: impl Endpoint<Engine>) -> Self {
+        self.method(Method::Patch, endpoint)
+    }
+
+    fn delete(self, endpoint: impl Endpoint<Engine>) -> Self {
+        self.method(Method::Delete, endpoint)
+    }
+
+    fn serve(self, app: &mut Server<Engine>) {
+        let mut route = app.at(self.path);
+        let mut allowed = Vec::new();
+        for (method, endpoint) in self.endpoints {
+            route.method(method, counted(self.label, shared(endpoint.clone())));
+            allowed.push(method);
+            if method == Method::Get {
+                route.method(Method::Head, counted(self.label, shared(endpoint)));
+                allowed.push(Method::Head);
+            }
+        }
+        allowed.push(Method::Options);
+        let allow: Arc<str> = allowed
+            .iter()
+            .map(Method::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into();
+        route.all(counted(self.label, move |req: Req| {
+            let allow = allow.clone();
+            async move {
+                let status = match req.method() {
+                    Method::Options => StatusCode::NoContent,
+                    _ => StatusCode::MethodNotAllowed,
+                };
+                let mut response = Response::new(status);
+                response.insert_header("Allow", &*allow);
+                // The body was not read: as for errors, the next request on this connection
+                // could be lost behind it.
+                response.insert_header("Connection", "close");
+                Ok(response)
+            }
+        }));
+    }
+}
+
+/// An endpoint that several routes share.
+fn shared(endpoint: Arc<dyn Endpoint<Engine>>) -> impl Endpoint<Engine> {
+    move |req: Req| {
+        let endpoint = endpoint.clone();
+        async move { endpoint.call(req).await }
+    }
 }
 
 /// Wraps an endpoint so its requests are counted by route pattern, method and status.
@@ -135,6 +242,7 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
 struct ErrorBody {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_member`, `not_found`, `conflict`,
     /// `too_large`, `rate_limited`, `unavailable` or `internal`.
+    #[schema(value_type = crate::error::ErrorCode)]
     code: &'static str,
     message: String,
 }

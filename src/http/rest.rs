@@ -7,36 +7,38 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use smol::io::AsyncReadExt;
 use tide::{Response, Server, StatusCode};
 
-use super::{bearer, counted, error_response, json, ErrorBody, Req};
+use super::schemas::{BackupDir, HistoryCursor, PathId, RouteRoomId, Seq};
+use super::{bearer, error_response, json, ErrorBody, Req, Resource};
 use crate::engine::membership::Outcome;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::protocol::{HistoryQuery, Message, NewChange, NewMessage, RoomId, RoomView, UserId};
 
 pub fn routes(app: &mut Server<Engine>) {
-    const ROOM: &str = "/v1/rooms/:room_id";
-    const MEMBER: &str = "/v1/rooms/:room_id/members/:user_id";
-    const MESSAGES: &str = "/v1/rooms/:room_id/messages";
-    const MESSAGE: &str = "/v1/rooms/:room_id/messages/:seq";
-    const BACKUP: &str = "/v1/admin/backup";
-    const DISCONNECT: &str = "/v1/users/:user_id/disconnect";
-    app.at(ROOM)
-        .put(counted(ROOM, rest(put_room)))
-        .get(counted(ROOM, rest(get_room)))
-        .delete(counted(ROOM, rest(delete_room)));
-    app.at(MEMBER)
-        .put(counted(MEMBER, rest(put_member)))
-        .delete(counted(MEMBER, rest(delete_member)));
-    app.at(MESSAGES)
-        .post(counted(MESSAGES, rest(post_message)))
-        .get(counted(MESSAGES, rest(get_messages)));
-    app.at(MESSAGE)
-        .get(counted(MESSAGE, rest(get_message)))
-        .patch(counted(MESSAGE, rest(patch_message)))
-        .delete(counted(MESSAGE, rest(delete_message)));
-    app.at(BACKUP).post(counted(BACKUP, rest(post_backup)));
-    app.at(DISCONNECT)
-        .post(counted(DISCONNECT, rest(post_disconnect)));
+    Resource::new("/v1/rooms/:room_id")
+        .put(rest(put_room))
+        .get(rest(get_room))
+        .delete(rest(delete_room))
+        .serve(app);
+    Resource::new("/v1/rooms/:room_id/members/:user_id")
+        .put(rest(put_member))
+        .delete(rest(delete_member))
+        .serve(app);
+    Resource::new("/v1/rooms/:room_id/messages")
+        .post(rest(post_message))
+        .get(rest(get_messages))
+        .serve(app);
+    Resource::new("/v1/rooms/:room_id/messages/:seq")
+        .get(rest(get_message))
+        .patch(rest(patch_message))
+        .delete(rest(delete_message))
+        .serve(app);
+    Resource::new("/v1/admin/backup")
+        .post(rest(post_backup))
+        .serve(app);
+    Resource::new("/v1/users/:user_id/disconnect")
+        .post(rest(post_disconnect))
+        .serve(app);
 }
 
 /// Wraps a handler with API-key auth and the protocol's error bodies.
@@ -67,12 +69,22 @@ where
     }
 }
 
+/// A path parameter as the client meant it: tide hands it over percent-encoded, and a
+/// client may encode characters ids allow (`:` as `%3A`, `@` as `%40`).
+fn path_param(req: &Req, name: &str) -> Result<String, Error> {
+    let raw = req.param(name).unwrap_or_default();
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| Error::BadRequest(format!("{name} is not UTF-8 once percent-decoded")))
+}
+
 fn room_param(req: &Req) -> Result<RoomId, Error> {
-    RoomId::parse(req.param("room_id").unwrap_or_default())
+    RoomId::parse(&path_param(req, "room_id")?)
 }
 
 fn user_param(req: &Req) -> Result<UserId, Error> {
-    UserId::parse(req.param("user_id").unwrap_or_default())
+    UserId::parse(&path_param(req, "user_id")?)
 }
 
 fn seq_param(req: &Req) -> Result<u64, Error> {
@@ -87,12 +99,14 @@ pub(super) async fn body_json<T: DeserializeOwned>(req: &mut Req) -> Result<T, E
 }
 
 /// [`body_json`] for a body that may be left out: none is `T::default()`.
+/// A body that may be left out: no body, or JSON `null` (as the document's optional body
+/// allows), is `T::default()`.
 async fn optional_body_json<T: DeserializeOwned + Default>(req: &mut Req) -> Result<T, Error> {
     let bytes = body_bytes(req).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    parse_body(&bytes)
+    Ok(parse_body::<Option<T>>(&bytes)?.unwrap_or_default())
 }
 
 async fn body_bytes(req: &mut Req) -> Result<Vec<u8>, Error> {
@@ -137,7 +151,7 @@ pub(super) struct PutRoom {
     put,
     path = "/v1/rooms/{room_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(RouteRoomId), Path, description = "The room to create")),
     request_body = PutRoom,
     responses(
         (status = 201, description = "Created", body = RoomView),
@@ -146,6 +160,7 @@ pub(super) struct PutRoom {
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 409, description = "Conflict (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -165,12 +180,14 @@ pub(super) async fn put_room(mut req: Req) -> Result<Response, Error> {
     get,
     path = "/v1/rooms/{room_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room")),
     responses(
         (status = 200, description = "The room", body = RoomView),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
-        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody)
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
+        (status = 503, description = "Storage cannot be read now (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
 )]
@@ -184,12 +201,13 @@ pub(super) async fn get_room(req: Req) -> Result<Response, Error> {
     delete,
     path = "/v1/rooms/{room_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room")),
     responses(
         (status = 204, description = "Closed, also when it was closed or never existed"),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -204,7 +222,7 @@ pub(super) async fn delete_room(req: Req) -> Result<Response, Error> {
     put,
     path = "/v1/rooms/{room_id}/members/{user_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"), ("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room"), ("user_id" = inline(PathId), Path, description = "The user")),
     responses(
         (status = 201, description = "Joined (also a re-join after leaving)", body = RoomView),
         (status = 200, description = "Already a member", body = RoomView),
@@ -212,6 +230,7 @@ pub(super) async fn delete_room(req: Req) -> Result<Response, Error> {
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -227,13 +246,14 @@ pub(super) async fn put_member(req: Req) -> Result<Response, Error> {
     delete,
     path = "/v1/rooms/{room_id}/members/{user_id}",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"), ("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room"), ("user_id" = inline(PathId), Path, description = "The user")),
     responses(
         (status = 204, description = "Removed, also when not a member"),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not allowed on a direct room (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -256,7 +276,7 @@ pub(super) struct MessageReply<'a> {
     post,
     path = "/v1/rooms/{room_id}/messages",
     tag = "rooms",
-    params(("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("room_id" = inline(PathId), Path, description = "The room")),
     request_body = NewMessage,
     responses(
         (status = 201, description = "Stored and pushed", body = MessageReply),
@@ -264,7 +284,8 @@ pub(super) struct MessageReply<'a> {
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (65536), or text and data over `limits.max_message_bytes` (16384) (`too_large`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -290,14 +311,16 @@ pub(super) async fn post_message(mut req: Req) -> Result<Response, Error> {
     path = "/v1/rooms/{room_id}/messages/{seq}",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("seq" = u64, Path, description = "The message's seq")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("seq" = inline(Seq), Path, description = "The message's seq")
     ),
     responses(
         (status = 200, description = "The message", body = MessageReply),
         (status = 400, description = "Bad id or seq (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
-        (status = 404, description = "No such room or message (`not_found`)", body = ErrorBody)
+        (status = 404, description = "No such room or message (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
+        (status = 503, description = "Storage cannot be read now (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
 )]
@@ -325,8 +348,8 @@ pub(super) struct EditBody {
     path = "/v1/rooms/{room_id}/messages/{seq}",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("seq" = u64, Path, description = "The seq of the system message to edit")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("seq" = inline(Seq), Path, description = "The seq of the system message to edit")
     ),
     request_body = EditBody,
     responses(
@@ -337,6 +360,7 @@ pub(super) struct EditBody {
         (status = 404, description = "No such open room or message (`not_found`)", body = ErrorBody),
         (status = 409, description = "The message was deleted (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over `limits.max_body_bytes`, or text and data over `limits.max_message_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -378,14 +402,15 @@ pub(super) async fn patch_message(mut req: Req) -> Result<Response, Error> {
     path = "/v1/rooms/{room_id}/messages/{seq}",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("seq" = u64, Path, description = "The seq of the message to delete")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("seq" = inline(Seq), Path, description = "The seq of the message to delete")
     ),
     responses(
         (status = 204, description = "Deleted, also when it was deleted already"),
         (status = 400, description = "Bad id, or the message is itself a change (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such open room or message (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -420,17 +445,17 @@ pub(super) struct MessagesReply<'a> {
     path = "/v1/rooms/{room_id}/messages",
     tag = "rooms",
     params(
-        ("room_id" = String, Path, description = "Room id: 1..=128 bytes of [A-Za-z0-9._:@-]"),
-        ("since_ts" = Option<u64>, Query, description = "Messages with a later ts, oldest first"),
-        ("since_seq" = Option<u64>, Query, description = "Messages after this seq, oldest first"),
-        ("before_seq" = Option<u64>, Query, description = "Messages before this seq, newest last"),
-        ("limit" = Option<u32>, Query, description = "At most this many (up to 500)")
+        ("room_id" = inline(PathId), Path, description = "The room"),
+        ("history" = Option<HistoryCursor>, Query, style = Form, explode,
+            description = "At most one cursor (`since_ts`, `since_seq` or `before_seq`) and a `limit`, each a query parameter of its own")
     ),
     responses(
         (status = 200, description = "A page of history", body = MessagesReply),
         (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
-        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody)
+        (status = 404, description = "No such open room (`not_found`)", body = ErrorBody),
+        (status = 500, description = "A bug, logged by the server (`internal`)", body = ErrorBody),
+        (status = 503, description = "Storage cannot be read now (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
 )]
@@ -452,7 +477,7 @@ pub(super) async fn get_messages(req: Req) -> Result<Response, Error> {
 #[serde(deny_unknown_fields)]
 pub(super) struct BackupRequest {
     /// An absolute directory that does not exist yet, writable by the server.
-    #[schema(value_type = String)]
+    #[schema(value_type = BackupDir)]
     to: std::path::PathBuf,
 }
 
@@ -464,9 +489,11 @@ pub(super) struct BackupRequest {
     request_body = BackupRequest,
     responses(
         (status = 201, description = "Written", body = BackupRequest),
-        (status = 409, description = "The directory exists", body = ErrorBody),
-        (status = 400, description = "Bad id or body (`bad_request`)", body = ErrorBody),
+        (status = 400, description = "Bad body: `to` is not an absolute path (`bad_request`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "The directory exists (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over `limits.max_body_bytes` (`too_large`)", body = ErrorBody),
+        (status = 500, description = "The directory could not be written, or a bug; logged by the server (`internal`)", body = ErrorBody),
         (status = 503, description = "Storage or Redis cannot take writes; nothing was changed (`unavailable`)", body = ErrorBody)
     ),
     security(("api_key" = []))
@@ -493,7 +520,7 @@ pub(super) struct DisconnectRequest {
     post,
     path = "/v1/users/{user_id}/disconnect",
     tag = "users",
-    params(("user_id" = String, Path, description = "User id: 1..=128 bytes of [A-Za-z0-9._:@-]")),
+    params(("user_id" = inline(PathId), Path, description = "The user")),
     request_body(content = Option<DisconnectRequest>, description = "Optional; without it, no revocation"),
     responses(
         (status = 204, description = "Disconnected everywhere (also when the user had no connection)"),

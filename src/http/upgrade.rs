@@ -7,20 +7,20 @@ use tide::{Response, StatusCode};
 use super::{bearer, error_response, Req};
 use crate::error::Error;
 
-/// Opens the app's WebSocket (frames: docs/protocol.md, "WebSocket"). The token is a
-/// JWT (`sub` = user id; HS256, RS256, ES256 or EdDSA) in `Authorization: Bearer` or in
-/// `?token=`; a revoked one is refused.
+/// Opens the app's WebSocket; its frames are in the AsyncAPI document `/asyncapi.json`. The
+/// token is a JWT (`sub` = user id; HS256, RS256, ES256 or EdDSA) in `Authorization: Bearer`
+/// or in `?token=`; a revoked one is refused.
 #[utoipa::path(
     get,
     path = "/v1/ws",
     tag = "websocket",
-    params(("token" = Option<String>, Query, description = "The app token, if not in the Authorization header")),
     responses(
         (status = 101, description = "Switching to WebSocket"),
         (status = 401, description = "Missing, bad, expired or revoked token (`unauthorized`)", body = super::ErrorBody),
-        (status = 426, description = "Not a WebSocket upgrade request", body = super::ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request (`bad_request`)", body = super::ErrorBody),
         (status = 429, description = "Over `limits.max_connections_per_user` (`rate_limited`)", body = super::ErrorBody)
-    )
+    ),
+    security(("app_token" = []), ("app_token_query" = []))
 )]
 pub async fn websocket(req: Req) -> tide::Result {
     let engine = req.state().clone();

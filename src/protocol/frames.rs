@@ -1,16 +1,123 @@
-//! WebSocket frames: parsing client requests, and the server frames (replies and pushes).
+//! WebSocket frames: parsing client requests, and the server frames (replies and pushes),
+//! with the schemas the AsyncAPI document is built from ([`RequestKind`] for client frames,
+//! [`ServerFrame`]'s own for server frames).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{Schema, Type};
+use utoipa::openapi::{ObjectBuilder, OneOfBuilder, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::{Message, NewChange, NewMessage, RoomId, RoomView, UserId, MAX_SYNC_LIMIT};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// A request's `id`: any JSON string or number, echoed in the reply.
 pub type RequestId = Value;
+
+/// The schema of a request's `id` in the documents: a string or a number.
+pub struct AnyRequestId;
+
+impl PartialSchema for AnyRequestId {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .description(Some(
+                "Any string or number; the reply carries the same `id`",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for AnyRequestId {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RequestId".into()
+    }
+}
+
+/// The component schemas a schema refers to, by name.
+pub type Components = Vec<(String, RefOr<Schema>)>;
+
+/// Declares [`RequestKind`] from one table: each client frame `type` with the fields it
+/// parses into (their schema is the frame's), the `type`s of the frames that answer it
+/// (`error` answers any), and a summary. [`parse_request`] matches on the kind, so a frame
+/// the server parses has a schema, and one line here plus its parse arm adds a frame.
+macro_rules! request_kinds {
+    ($($kind:ident = $name:literal, $fields:ty, [$($reply:literal),*], $summary:literal;)*) => {
+        /// Every client frame `type`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RequestKind {
+            $($kind),*
+        }
+
+        impl RequestKind {
+            pub const ALL: &'static [RequestKind] = &[$(RequestKind::$kind),*];
+
+            /// The frame's `type`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(RequestKind::$kind => $name),*
+                }
+            }
+
+            /// The `type`s of the frames that answer it besides `error` (none: no reply).
+            pub fn replies(self) -> &'static [&'static str] {
+                match self {
+                    $(RequestKind::$kind => &[$($reply),*]),*
+                }
+            }
+
+            pub fn summary(self) -> &'static str {
+                match self {
+                    $(RequestKind::$kind => $summary),*
+                }
+            }
+
+            /// The schema of the frame's fields (all but `type` and `id`), adding the
+            /// schemas it refers to to `components`.
+            pub fn fields_schema(self, components: &mut Components) -> RefOr<Schema> {
+                match self {
+                    $(RequestKind::$kind => {
+                        <$fields as ToSchema>::schemas(components);
+                        <$fields as PartialSchema>::schema()
+                    }),*
+                }
+            }
+        }
+    };
+}
+
+request_kinds! {
+    Rooms = "rooms", RoomsPage, ["rooms"], "Lists the user's rooms, most recently active first";
+    Sync = "sync", SyncFields, ["messages"], "Reads a room's history";
+    Send = "send", SendFields, ["sent"], "Sends a message";
+    Edit = "edit", EditFields, ["sent", "ok"], "Edits one of the user's messages";
+    Delete = "delete", DeleteFields, ["sent", "ok"], "Deletes one of the user's messages";
+    React = "react", ReactFields, ["sent", "ok"], "Adds or takes away a reaction";
+    Direct = "direct", DirectFields, ["room"], "Opens the 1:1 room with another user";
+    Read = "read", ReadFields, ["ok"], "Moves the user's read marker";
+    Typing = "typing", RoomOnly, [], "Tells the room's other members the user is typing";
+    Ping = "ping", NoFields, ["pong"], "Asks for a pong";
+    Resume = "resume", Resume, ["resumed"], "Catches up on every room in one round trip";
+    Received = "received", ReadFields, [], "Says the app has the room's messages up to seq";
+    Auth = "auth", AuthFields, ["ok"], "Puts a fresh token of the same user in force";
+}
+
+impl RequestKind {
+    pub fn from_name(name: &str) -> Option<RequestKind> {
+        RequestKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.name() == name)
+    }
+}
+
+/// The fields of a frame that has none besides `type` and `id`.
+#[derive(ToSchema)]
+pub struct NoFields {}
 
 /// A parsed client frame.
 #[derive(Debug)]
@@ -60,19 +167,22 @@ pub enum RequestBody {
 
 /// `resume`: the rooms the app has cached, each with the last seq it holds and the epoch it
 /// was cached under.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
 pub struct Resume {
+    /// Room id -> what the app holds of it (at most `limits.max_resume_rooms`, 1000).
     #[serde(default)]
     pub rooms: BTreeMap<RoomId, Cached>,
-    /// Messages per room at most (default [`DEFAULT_RESUME_LIMIT`], capped at
-    /// [`MAX_SYNC_LIMIT`]).
+    /// Messages per room at most (default 100; above 500 is taken as 500).
+    #[schema(minimum = 1)]
     pub limit: Option<usize>,
 }
 
 /// What the app holds of one room.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
 pub struct Cached {
+    /// The last seq the app holds.
     pub seq: u64,
+    /// The epoch the app cached the room under.
     pub epoch: String,
 }
 
@@ -92,9 +202,11 @@ impl Resume {
 }
 
 /// Which of the user's rooms a `rooms` request wants: all of them (v1), or a page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
 pub struct RoomsPage {
-    /// At most this many (capped at [`MAX_ROOMS_LIMIT`]); none: every room.
+    /// At most this many (above 500 is taken as 500), with `has_more` in the reply; none:
+    /// every room.
+    #[schema(minimum = 1)]
     pub limit: Option<usize>,
     /// Only rooms whose activity (`last_ts`, or `created_ts` with no messages) is older.
     pub before_ts: Option<u64>,
@@ -120,13 +232,34 @@ impl RoomsPage {
 /// Where a history read starts; at most one cursor may be given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
+    /// Messages with a greater `ts`, oldest first.
     pub since_ts: Option<u64>,
+    /// Messages with a greater `seq`, oldest first.
     pub since_seq: Option<u64>,
+    /// The messages just before this `seq`.
     pub before_seq: Option<u64>,
     pub limit: Option<usize>,
 }
 
 impl HistoryQuery {
+    /// The cursors' names, of which a request gives at most one.
+    pub const CURSORS: [&'static str; 3] = ["since_ts", "since_seq", "before_seq"];
+
+    /// The JSON Schema a query must not match: two of the cursors at once. Put under `not`.
+    pub fn two_cursors() -> Value {
+        let cursors = Self::CURSORS;
+        let pairs: Vec<Value> = cursors
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| {
+                cursors[i + 1..]
+                    .iter()
+                    .map(move |b| serde_json::json!({ "required": [a, b] }))
+            })
+            .collect();
+        serde_json::json!({ "anyOf": pairs })
+    }
+
     /// Refuses two cursors at once and a zero limit; caps the limit at [`MAX_SYNC_LIMIT`].
     pub fn validated(mut self) -> Result<Self, Error> {
         let cursors = [self.since_ts, self.since_seq, self.before_seq];
@@ -175,73 +308,107 @@ struct Head {
     id: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct RoomOnly {
+/// A room: the user must be a member (else `not_member`).
+#[derive(Deserialize, ToSchema)]
+pub struct RoomOnly {
     room_id: RoomId,
 }
 
 // No `#[serde(flatten)]` below: it buffers the input, which `RawValue` cannot come through.
-#[derive(Deserialize)]
-struct SyncFields {
+// The length limits in `#[schema]` are bytes in the protocol and characters in JSON Schema:
+// the same for ASCII.
+
+/// At most one of `since_ts`, `since_seq` and `before_seq`; none: the last
+/// `history.default_last` messages.
+#[derive(Deserialize, ToSchema)]
+pub struct SyncFields {
     room_id: RoomId,
+    /// Messages with a greater `ts`, oldest first.
     since_ts: Option<u64>,
+    /// Messages with a greater `seq`, oldest first.
     since_seq: Option<u64>,
+    /// The messages just before this `seq`.
     before_seq: Option<u64>,
+    /// At most this many (default 50 with no cursor or `before_seq`, 100 with `since_*`;
+    /// above 500 is taken as 500).
+    #[schema(minimum = 1)]
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
-struct SendFields {
+/// `text` plus `data` (as JSON) at most `limits.max_message_bytes` (16384) bytes, else
+/// `too_large`.
+#[derive(Deserialize, ToSchema)]
+pub struct SendFields {
     room_id: RoomId,
     text: String,
+    /// Any JSON object, stored and returned verbatim (`null`: none).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Box<serde_json::value::RawValue>>,
+    /// 1..=64 bytes; a repeat from the same sender in the room answers the first `sent`.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct EditFields {
+/// An edit of message `seq`: its new `text` and `data` (without `data`, the data is removed).
+#[derive(Deserialize, ToSchema)]
+pub struct EditFields {
     room_id: RoomId,
     seq: u64,
     text: String,
+    /// Any JSON object (`null`: none).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Box<serde_json::value::RawValue>>,
+    /// 1..=64 bytes.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct DeleteFields {
+/// A deletion of message `seq`.
+#[derive(Deserialize, ToSchema)]
+pub struct DeleteFields {
     room_id: RoomId,
     seq: u64,
+    /// 1..=64 bytes.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ReactFields {
+/// A reaction to message `seq`, or with `removed: true` its removal.
+#[derive(Deserialize, ToSchema)]
+pub struct ReactFields {
     room_id: RoomId,
     seq: u64,
+    /// 1..=32 bytes.
+    #[schema(min_length = 1, max_length = 32)]
     reaction: String,
     #[serde(default)]
     removed: bool,
+    /// 1..=64 bytes.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct DirectFields {
+/// The other user of a 1:1 room (`direct.policy` decides who may open one).
+#[derive(Deserialize, ToSchema)]
+pub struct DirectFields {
     user_id: UserId,
 }
 
-#[derive(Deserialize)]
-struct AuthFields {
+/// A fresh token for this connection.
+#[derive(Deserialize, ToSchema)]
+pub struct AuthFields {
     token: String,
 }
 
-#[derive(Deserialize)]
-struct ReadFields {
+/// A room and a seq in it.
+#[derive(Deserialize, ToSchema)]
+pub struct ReadFields {
     room_id: RoomId,
     seq: u64,
 }
@@ -277,12 +444,15 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
         Some(Value::String(kind)) => kind,
         _ => return fail(Error::BadRequest("frame has no string `type`".into())),
     };
-    let body = match kind.as_str() {
-        "rooms" => fields::<RoomsPage>(text, &kind)
+    let Some(request_kind) = RequestKind::from_name(&kind) else {
+        return fail(Error::BadRequest(format!("unknown frame type {kind:?}")));
+    };
+    let body = match request_kind {
+        RequestKind::Rooms => fields::<RoomsPage>(text, &kind)
             .and_then(RoomsPage::validated)
             .map(RequestBody::Rooms),
-        "ping" => Ok(RequestBody::Ping),
-        "sync" => fields::<SyncFields>(text, &kind).and_then(|f| {
+        RequestKind::Ping => Ok(RequestBody::Ping),
+        RequestKind::Sync => fields::<SyncFields>(text, &kind).and_then(|f| {
             let query = HistoryQuery {
                 since_ts: f.since_ts,
                 since_seq: f.since_seq,
@@ -294,7 +464,7 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
                 query: query.validated()?,
             })
         }),
-        "send" => fields::<SendFields>(text, &kind).map(|f| RequestBody::Send {
+        RequestKind::Send => fields::<SendFields>(text, &kind).map(|f| RequestBody::Send {
             room_id: f.room_id,
             message: NewMessage {
                 text: f.text,
@@ -302,7 +472,7 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
                 client_msg_id: f.client_msg_id,
             },
         }),
-        "edit" => fields::<EditFields>(text, &kind).map(|f| RequestBody::Change {
+        RequestKind::Edit => fields::<EditFields>(text, &kind).map(|f| RequestBody::Change {
             room_id: f.room_id,
             change: NewChange::Edit {
                 seq: f.seq,
@@ -313,14 +483,14 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
                 },
             },
         }),
-        "delete" => fields::<DeleteFields>(text, &kind).map(|f| RequestBody::Change {
+        RequestKind::Delete => fields::<DeleteFields>(text, &kind).map(|f| RequestBody::Change {
             room_id: f.room_id,
             change: NewChange::Delete {
                 seq: f.seq,
                 client_msg_id: f.client_msg_id,
             },
         }),
-        "react" => fields::<ReactFields>(text, &kind).map(|f| RequestBody::Change {
+        RequestKind::React => fields::<ReactFields>(text, &kind).map(|f| RequestBody::Change {
             room_id: f.room_id,
             change: NewChange::React {
                 seq: f.seq,
@@ -329,25 +499,26 @@ pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> 
                 client_msg_id: f.client_msg_id,
             },
         }),
-        "direct" => {
+        RequestKind::Direct => {
             fields::<DirectFields>(text, &kind).map(|f| RequestBody::Direct { user_id: f.user_id })
         }
-        "read" => fields::<ReadFields>(text, &kind).map(|f| RequestBody::Read {
+        RequestKind::Read => fields::<ReadFields>(text, &kind).map(|f| RequestBody::Read {
             room_id: f.room_id,
             seq: f.seq,
         }),
-        "typing" => {
+        RequestKind::Typing => {
             fields::<RoomOnly>(text, &kind).map(|f| RequestBody::Typing { room_id: f.room_id })
         }
-        "received" => fields::<ReadFields>(text, &kind).map(|f| RequestBody::Received {
+        RequestKind::Received => fields::<ReadFields>(text, &kind).map(|f| RequestBody::Received {
             room_id: f.room_id,
             seq: f.seq,
         }),
-        "auth" => fields::<AuthFields>(text, &kind).map(|f| RequestBody::Auth { token: f.token }),
-        "resume" => fields::<Resume>(text, &kind)
+        RequestKind::Auth => {
+            fields::<AuthFields>(text, &kind).map(|f| RequestBody::Auth { token: f.token })
+        }
+        RequestKind::Resume => fields::<Resume>(text, &kind)
             .and_then(Resume::validated)
             .map(RequestBody::Resume),
-        other => Err(Error::BadRequest(format!("unknown frame type {other:?}"))),
     };
     match body {
         Ok(body) => Ok(Request { id, body }),
@@ -359,85 +530,134 @@ fn fields<T: for<'de> Deserialize<'de>>(text: &str, kind: &str) -> Result<T, Err
     serde_json::from_str(text).map_err(|e| Error::BadRequest(format!("{kind}: {e}")))
 }
 
-/// Every frame the server sends. Replies echo the request's `id` when it had one.
-#[derive(Debug, Serialize)]
+/// Every frame the server sends. Replies echo the request's `id` when it had one; pushes
+/// have no `id`. Its schema (one per variant) is the AsyncAPI document's.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
+    /// Reply to `rooms`: the user's rooms, most recently active first, with `unread`.
     Rooms {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
+        #[schema(value_type = Vec<RoomView>)]
         rooms: &'a [RoomView],
         /// Only for a request with a `limit`: whether older rooms remain.
         #[serde(skip_serializing_if = "Option::is_none")]
         has_more: Option<bool>,
     },
+    /// Reply to `sync`: messages in ascending seq, in their current state.
     Messages {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
+        #[schema(value_type = RoomId)]
         room_id: &'a RoomId,
+        #[schema(value_type = Vec<Message>)]
         messages: &'a [Arc<Message>],
+        /// With `since_*`: more follow, repeat from the last one; otherwise: older ones exist.
         has_more: bool,
+        #[schema(value_type = String)]
         epoch: &'a str,
     },
+    /// Reply to `resume`.
     Resumed {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
+        /// Every room of the user, with `unread` and `epoch`.
+        #[schema(value_type = Vec<RoomView>)]
         rooms: &'a [RoomView],
+        /// Room id -> its messages for the app, oldest first.
+        #[schema(value_type = BTreeMap<String, Vec<Message>>)]
         messages: &'a BTreeMap<RoomId, Vec<Arc<Message>>>,
+        /// Room id -> whether more messages follow (fetch them with `sync` `since_seq`).
+        #[schema(value_type = BTreeMap<String, bool>)]
         has_more: &'a BTreeMap<RoomId, bool>,
+        /// Listed rooms whose cache the app replaces.
+        #[schema(value_type = Vec<RoomId>)]
         reset: &'a [RoomId],
+        /// Listed rooms the user is not a member of.
+        #[schema(value_type = Vec<RoomId>)]
         left: &'a [RoomId],
     },
+    /// Reply to `send`, `edit`, `delete` and `react`: the new message's seq and ts, once it
+    /// is durable.
     Sent {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
+        #[schema(value_type = RoomId)]
         room_id: &'a RoomId,
         seq: u64,
         ts: u64,
     },
+    /// Reply to `direct`: the 1:1 room.
     Room {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
+        #[schema(value_type = RoomView)]
         room: &'a RoomView,
     },
+    /// Reply to `read`, and to a change that changes nothing.
     Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
     },
+    /// Reply to `ping`.
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<AnyRequestId>)]
         id: Option<&'a RequestId>,
     },
+    /// A request failed; `id` is null when it had none or could not be read.
     Error {
+        #[schema(value_type = Option<AnyRequestId>, required)]
         id: Option<&'a RequestId>,
+        #[schema(value_type = ErrorCode)]
         code: &'static str,
         message: String,
     },
+    /// Push: a message or a change in one of the user's rooms, the user's own included.
     Message {
+        #[schema(value_type = Message)]
         message: &'a Message,
     },
+    /// Push: the user was added to a room (it comes before the room's first `message`).
     Joined {
+        #[schema(value_type = RoomView)]
         room: &'a RoomView,
     },
+    /// Push: the user left or was removed, or the room was closed.
     Left {
+        #[schema(value_type = RoomId)]
         room_id: &'a RoomId,
     },
+    /// Push: another user joined one of the user's rooms.
     MemberJoined {
+        #[schema(value_type = RoomId)]
         room_id: &'a RoomId,
+        #[schema(value_type = UserId)]
         user_id: &'a UserId,
     },
+    /// Push: another user left one of the user's rooms.
     MemberLeft {
+        #[schema(value_type = RoomId)]
         room_id: &'a RoomId,
+        #[schema(value_type = UserId)]
         user_id: &'a UserId,
     },
+    /// Push: another member is typing (best effort).
     Typing {
+        #[schema(value_type = RoomId)]
         room_id: &'a RoomId,
+        #[schema(value_type = UserId)]
         user_id: &'a UserId,
     },
     /// The token in force expires at `exp` (Unix seconds): send `auth` with a fresh one.
-    TokenExpiring {
-        exp: u64,
-    },
+    TokenExpiring { exp: u64 },
 }
 
 impl<'a> ServerFrame<'a> {

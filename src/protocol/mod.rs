@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use frames::{
-    encode, parse_request, Cached, Frame, HistoryQuery, Request, RequestBody, RequestId, Resume,
-    RoomsPage, ServerFrame, DEFAULT_RESUME_LIMIT, MAX_ROOMS_LIMIT,
+    encode, parse_request, AnyRequestId, Cached, Components, Frame, HistoryQuery, Request,
+    RequestBody, RequestId, RequestKind, Resume, RoomsPage, ServerFrame, DEFAULT_RESUME_LIMIT,
+    MAX_ROOMS_LIMIT,
 };
 pub use ids::{Id, RoomId, UserId, MAX_ID_BYTES};
 
@@ -118,6 +119,7 @@ pub struct Message {
     /// Milliseconds since the Unix epoch; strictly increasing within a room.
     pub ts: u64,
     /// The sending user; null for system messages.
+    #[schema(required)]
     pub sender: Option<UserId>,
     pub kind: MessageKind,
     pub text: String,
@@ -140,7 +142,7 @@ pub struct Message {
     pub deleted: bool,
     /// Reaction -> the users who reacted with it, in the order they did.
     #[serde(skip_serializing_if = "Reactions::is_empty")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = std::collections::BTreeMap<String, Vec<UserId>>)]
     pub reactions: Reactions,
     /// The seq of the latest edit (REST answers a repeated edit with it).
     #[serde(skip)]
@@ -185,6 +187,8 @@ impl Message {
 pub struct RoomView {
     pub room_id: RoomId,
     pub kind: RoomKind,
+    /// The driver of a route room; null for a direct room.
+    #[schema(required)]
     pub owner_id: Option<UserId>,
     pub members: Vec<UserId>,
     pub created_ts: u64,
@@ -209,6 +213,7 @@ pub struct NewMessage {
     pub data: Option<Box<RawValue>>,
     /// Makes retries safe: a repeat returns the first message (1..=64 bytes).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub client_msg_id: Option<String>,
 }
 

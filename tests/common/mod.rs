@@ -48,6 +48,17 @@ pub const SILENCE: Duration = Duration::from_millis(300);
 pub const TEST_JWT_SECRET: &str = "integration-test-jwt-secret";
 pub const TEST_API_KEY: &str = "integration-test-api-key";
 
+/// Where `.ci/run` installs the npm packages the tests use, unless NODE_PATH says otherwise.
+pub fn node_path() -> PathBuf {
+    std::env::var_os("NODE_PATH").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            Path::new(&home).join(".cache/chat-engine-ci/node/node_modules")
+        },
+        PathBuf::from,
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Endpoint: what a client needs to talk to one server (address, secrets).
 // ---------------------------------------------------------------------------------------------
@@ -447,6 +458,8 @@ pub struct Client {
     closed: bool,
     /// Why the connection ended without a close frame, for diagnostics.
     pub end_reason: Option<String>,
+    /// Every frame read from the socket, once [`Client::record`] turned it on.
+    recorded: Option<Vec<Value>>,
 }
 
 impl Client {
@@ -472,6 +485,7 @@ impl Client {
                 next_id: 0,
                 closed: false,
                 end_reason: None,
+                recorded: None,
             }),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
                 Err(ConnectError::Http(response.status().as_u16()))
@@ -537,6 +551,9 @@ impl Client {
                             self.user
                         )
                     });
+                    if let Some(recorded) = &mut self.recorded {
+                        recorded.push(value.clone());
+                    }
                     return Incoming::Frame(value);
                 }
                 Ok(Message::Close(frame)) => {
@@ -750,6 +767,16 @@ impl Client {
                 ),
             }
         }
+    }
+
+    /// From now on, keeps every frame the server sends (see [`Client::recorded`]).
+    pub fn record(&mut self) {
+        self.recorded.get_or_insert_with(Vec::new);
+    }
+
+    /// Every frame the server sent since [`Client::record`], in order, whoever consumed it.
+    pub fn recorded(&self) -> &[Value] {
+        self.recorded.as_deref().unwrap_or_default()
     }
 
     /// Frames buffered so far (taken).
