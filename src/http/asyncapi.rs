@@ -269,7 +269,8 @@ mod tests {
                 "left",
                 "member_joined",
                 "member_left",
-                "typing"
+                "typing",
+                "token_expiring"
             ]
         );
         let schemas = &document["components"]["schemas"];
