@@ -38,6 +38,10 @@ pub struct Outcome {
     pub cross_node_latency_us: Histogram<u64>,
     pub lost: u64,
     pub duplicated: u64,
+    /// CPU used during the measurement, in cores (1.0 = one core busy all the time): the
+    /// server's (every node's, in cluster mode), and Redis's.
+    pub server_cpu: f64,
+    pub redis_cpu: f64,
     /// `error` replies, and the first one.
     pub errors: u64,
     pub first_error: Option<String>,
@@ -272,10 +276,11 @@ async fn drive(
     let total_sent = || room_sent.iter().map(|sent| sent.get()).sum::<u64>();
     smol::Timer::after(Duration::from_secs(1)).await;
     tally.measuring.set(true);
-    let (sent_before, started) = (total_sent(), Instant::now());
+    let (sent_before, started, cpu_before) = (total_sent(), Instant::now(), target.cpu_seconds());
     smol::Timer::after(measure).await;
     tally.measuring.set(false);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = target.cpu_seconds();
     let deliveries = tally.deliveries.get();
     let sent_in_window = total_sent() - sent_before;
     stop.set(true);
@@ -306,6 +311,8 @@ async fn drive(
         cross_node_latency_us,
         lost,
         duplicated: tally.duplicated.get(),
+        server_cpu: (cpu_after.0 - cpu_before.0) / elapsed,
+        redis_cpu: (cpu_after.1 - cpu_before.1) / elapsed,
         errors: tally.errors.get(),
         first_error,
     }

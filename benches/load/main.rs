@@ -301,9 +301,11 @@ fn print_cluster_table(rows: &Result<Vec<Row>, String>, single_node: f64) {
     println!("cluster mode, one Redis (AOF, fsync always), nodes and Redis pinned to CPU 0:");
     println!();
     println!(
-        "| scenario | deliveries/s | x single node | p50 ms | p99 ms | cross-node p99 ms | lost | dup |"
+        "| scenario | msgs/s sent | deliveries/s | x single node | p50 ms | p99 ms | cross-node p99 ms | nodes CPU % | Redis CPU % | Redis CPU us per msg | lost | dup |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for row in rows {
         let o = &row.outcome;
         let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -313,12 +315,16 @@ fn print_cluster_table(rows: &Result<Vec<Row>, String>, single_node: f64) {
             format!("{:.1}", ms(&o.cross_node_latency_us, 0.99))
         };
         println!(
-            "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {cross} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {cross} | {:.0} | {:.0} | {:.1} | {} | {} |",
             row.scenario,
+            o.sent_per_s,
             o.deliveries_per_s,
             o.deliveries_per_s / single_node,
             ms(&o.latency_us, 0.5),
             ms(&o.latency_us, 0.99),
+            100.0 * o.server_cpu,
+            100.0 * o.redis_cpu,
+            1e6 * o.redis_cpu / o.sent_per_s,
             o.lost,
             o.duplicated
         );
@@ -328,14 +334,14 @@ fn print_cluster_table(rows: &Result<Vec<Row>, String>, single_node: f64) {
 fn print_table(rows: &[Row], bare_rate: f64) {
     println!();
     println!(
-        "| scenario | msgs/s sent | deliveries/s | x baseline | p50 ms | p90 ms | p99 ms | max ms | lost | dup |"
+        "| scenario | msgs/s sent | deliveries/s | x baseline | p50 ms | p90 ms | p99 ms | max ms | server CPU % | lost | dup |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
         let o = &row.outcome;
         let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} |",
             row.scenario,
             o.sent_per_s,
             o.deliveries_per_s,
@@ -344,6 +350,7 @@ fn print_table(rows: &[Row], bare_rate: f64) {
             ms(0.9),
             ms(0.99),
             o.latency_us.max() as f64 / 1000.0,
+            100.0 * o.server_cpu,
             o.lost,
             o.duplicated
         );

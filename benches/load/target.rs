@@ -261,6 +261,20 @@ impl Target {
             .unwrap_or_else(|| panic!("{field} in /proc status"))
     }
 
+    /// CPU time used so far, in seconds: by every server process of the target, and by its
+    /// Redis (0 without one).
+    pub fn cpu_seconds(&self) -> (f64, f64) {
+        let servers = std::iter::once(&self.child)
+            .chain(self.peers.iter().map(|(child, _, _)| child))
+            .map(cpu_seconds_of)
+            .sum();
+        let redis = self
+            .redis
+            .as_ref()
+            .map_or(0.0, |(child, _)| cpu_seconds_of(child));
+        (servers, redis)
+    }
+
     /// The WebSocket URL for `user` in `room`, on the first node.
     pub fn ws_url(&self, user: &str, room: &str) -> String {
         self.ws_url_on(user, room, 0)
@@ -332,6 +346,24 @@ impl Drop for Target {
             let _ = child.wait();
         }
     }
+}
+
+/// User plus system CPU time of a process (all its threads), from `/proc/PID/stat`, whose
+/// clock ticks are USER_HZ, 100 per second on Linux.
+fn cpu_seconds_of(child: &Child) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A command for `program`, pinned to CPU 0 where possible.
