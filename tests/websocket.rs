@@ -1055,6 +1055,36 @@ fn shutdown_closes_connections_with_1001() {
     stopper.join().expect("server stopped cleanly");
 }
 
+/// A client that keeps sending but never reads fills its socket, and the server's write to
+/// it stalls: once it has stalled for `limits.idle_timeout_ms` (checked at the ping ticks)
+/// the server drops the connection, whatever the client sends, and serves everyone else.
+#[test]
+fn a_write_stalled_past_the_idle_timeout_drops_the_connection() {
+    let server = TestServer::start_with(|c| {
+        c.limits.ping_interval_ms = 200;
+        c.limits.idle_timeout_ms = 1_500;
+        c.limits.max_message_bytes = 60_000;
+    });
+    server.create_room("r1", "owner");
+    server.add_member("r1", "stuck");
+    let mut stuck = server.ws("stuck");
+    // Far more than the socket buffers hold; the queue (16 MiB) takes the rest.
+    let big = "s".repeat(50_000);
+    server.post_in_parallel("r1", "t", 4, 100, move |_, _| big.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while server.metric("chat_engine_connections") > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a connection whose writes stalled was never dropped"
+        );
+        // Never silent: only the writes stall.
+        stuck.send_json(&json!({"type": "ping"}));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut other = server.ws("other");
+    other.request_ok(json!({"type": "ping"}), "pong");
+}
+
 #[test]
 fn full_outbound_queue_closes_with_1013_and_sync_recovers() {
     let server = TestServer::start_with(|c| {

@@ -5,7 +5,7 @@
 //! buffers without bound for a client that does not read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::Token;
@@ -57,10 +57,12 @@ pub struct Connection {
     /// replaces them.
     exp: AtomicU64,
     iat: AtomicU64,
-    frames: async_channel::Sender<Frame>,
-    kick: async_channel::Sender<u16>,
+    queue: async_channel::Sender<Outbound>,
+    /// The close code asked for (0: none). Beside the queue rather than in it, so a close
+    /// is seen at once and not behind the full queue a 1013 is for.
+    close_code: AtomicU16,
     capacity: usize,
-    /// Bytes of the frames waiting in `frames`, and their limit.
+    /// Bytes of the frames waiting in `queue`, and their limit.
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
 }
@@ -72,12 +74,19 @@ pub struct QueueLimits {
     pub bytes: usize,
 }
 
-/// The connection task's ends of the two queues.
+/// What the connection's writer takes from its queue.
+pub enum Outbound {
+    /// A frame to write, in order.
+    Frame(Frame),
+    /// Wakes the writer to look at [`Connection::close_requested`]. One queue for both, not
+    /// a second channel for closes: a channel is about 400 bytes (cache-padded), per
+    /// connection, idle or not.
+    Closing,
+}
+
+/// The connection task's end of its queue.
 pub struct ConnectionQueues {
-    /// Frames to write, in order.
-    pub frames: async_channel::Receiver<Frame>,
-    /// A close code: write a close frame with it and end the connection.
-    pub kick: async_channel::Receiver<u16>,
+    pub queue: async_channel::Receiver<Outbound>,
 }
 
 impl Connection {
@@ -85,16 +94,17 @@ impl Connection {
     /// bytes, closes the connection with 1013 instead; a frame always fits an empty queue,
     /// so one large reply never does.
     pub fn deliver(&self, frame: &Frame, priority: Priority) {
-        if priority == Priority::Droppable && self.frames.len() * 2 >= self.capacity {
+        if priority == Priority::Droppable && self.queue.len() * 2 >= self.capacity {
             return;
         }
         let bytes = frame.len();
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let over_bytes = before > 0 && before + bytes > self.max_queued_bytes;
-        let over_frames = self.frames.len() >= self.capacity;
-        if over_bytes || over_frames || self.frames.try_send(frame.clone()).is_err() {
+        let over_frames = self.queue.len() >= self.capacity;
+        if over_bytes || over_frames || self.queue.try_send(Outbound::Frame(frame.clone())).is_err()
+        {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            if !self.frames.is_closed() {
+            if !self.queue.is_closed() {
                 log::warn!(
                     "closing connection {} of {}: outbound queue full (slow consumer)",
                     self.id,
@@ -112,7 +122,22 @@ impl Connection {
 
     /// Asks the connection task to close with `code`. The first code asked for wins.
     pub fn close(&self, code: u16) {
-        let _ = self.kick.try_send(code);
+        let first = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            // The queue is unbounded in type (bounded by `deliver`), so the wake-up fits.
+            let _ = self.queue.try_send(Outbound::Closing);
+        }
+    }
+
+    /// The close code asked for, if any.
+    pub fn close_requested(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
     }
 
     /// When the token in force expires (Unix seconds).
@@ -163,16 +188,15 @@ impl Registry {
         let queue_capacity = queue.frames;
         // Unbounded in type, bounded by `deliver`: a bounded channel allocates all its slots
         // up front, about 40 KiB per idle connection at the default 1024 frames.
-        let (frames_tx, frames) = async_channel::unbounded();
-        let (kick_tx, kick) = async_channel::bounded(1);
+        let (sender, receiver) = async_channel::unbounded();
         let connection = Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
             opened_ms: now_ms(),
             exp: AtomicU64::new(token.exp),
             iat: AtomicU64::new(token.iat.unwrap_or(0)),
-            frames: frames_tx,
-            kick: kick_tx,
+            queue: sender,
+            close_code: AtomicU16::new(0),
             capacity: queue_capacity,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: queue.bytes,
@@ -185,7 +209,7 @@ impl Registry {
             )));
         }
         mine.push(connection.clone());
-        Ok((connection, ConnectionQueues { frames, kick }))
+        Ok((connection, ConnectionQueues { queue: receiver }))
     }
 
     pub fn unregister(&self, connection: &Connection) {
@@ -282,49 +306,59 @@ mod tests {
         let (conn, queues) = registry.register(&token("u"), limits, 16).unwrap();
         let big = Frame::from("0123456789abcdef");
         conn.deliver(&big, Priority::Keep);
-        assert_eq!(queues.frames.len(), 1, "an empty queue takes any frame");
-        assert!(queues.kick.try_recv().is_err());
+        assert_eq!(queues.queue.len(), 1, "an empty queue takes any frame");
+        assert_eq!(conn.close_requested(), None);
         conn.deliver(&Frame::from("x"), Priority::Keep);
-        assert_eq!(queues.kick.try_recv(), Ok(close_code::TRY_AGAIN_LATER));
-        let taken = queues.frames.try_recv().unwrap();
+        assert_eq!(conn.close_requested(), Some(close_code::TRY_AGAIN_LATER));
+        let Ok(Outbound::Frame(taken)) = queues.queue.try_recv() else {
+            panic!("the frame first");
+        };
+        assert!(matches!(queues.queue.try_recv(), Ok(Outbound::Closing)));
         conn.dequeued(&taken);
         conn.deliver(&Frame::from("small"), Priority::Keep);
-        assert_eq!(queues.frames.len(), 1, "room again once the writer took it");
+        assert_eq!(queues.queue.len(), 1, "room again once the writer took it");
     }
 
     #[test]
     fn full_queue_closes_with_1013_and_typing_is_dropped_first() {
         let registry = Registry::new(Metrics::new());
-        let (_conn, queues) = registry.register(&token("u"), queue(4), 16).unwrap();
+        let (conn, queues) = registry.register(&token("u"), queue(4), 16).unwrap();
         let frame = Frame::from("x");
         let users = [user("u")];
         registry.deliver(&users, None, &frame, Priority::Keep);
         registry.deliver(&users, None, &frame, Priority::Keep);
         registry.deliver(&users, None, &frame, Priority::Droppable);
-        assert_eq!(queues.frames.len(), 2, "typing dropped at half full");
+        assert_eq!(queues.queue.len(), 2, "typing dropped at half full");
         for _ in 0..3 {
             registry.deliver(&users, None, &frame, Priority::Keep);
         }
-        assert_eq!(queues.frames.len(), 4);
-        assert_eq!(queues.kick.try_recv(), Ok(close_code::TRY_AGAIN_LATER));
+        assert_eq!(queues.queue.len(), 5, "four frames and the close's wake-up");
+        assert_eq!(conn.close_requested(), Some(close_code::TRY_AGAIN_LATER));
+        conn.close(close_code::GOING_AWAY);
+        assert_eq!(
+            conn.close_requested(),
+            Some(close_code::TRY_AGAIN_LATER),
+            "the first close wins"
+        );
+        assert_eq!(queues.queue.len(), 5, "and wakes the writer once");
     }
 
     #[test]
     fn a_disconnect_ends_connections_opened_by_then_and_those_of_revoked_tokens() {
         let registry = Registry::new(Metrics::new());
-        let (first, q1) = registry.register(&token("u"), queue(4), 16).unwrap();
-        let (_other, q2) = registry.register(&token("v"), queue(4), 16).unwrap();
+        let (first, _q1) = registry.register(&token("u"), queue(4), 16).unwrap();
+        let (other, _q2) = registry.register(&token("v"), queue(4), 16).unwrap();
         assert_eq!(registry.disconnect(&user("u"), now_ms(), None), 1);
-        assert_eq!(q1.kick.try_recv(), Ok(close_code::DISCONNECTED));
-        assert!(q2.kick.try_recv().is_err(), "another user's stays");
+        assert_eq!(first.close_requested(), Some(close_code::DISCONNECTED));
+        assert_eq!(other.close_requested(), None, "another user's stays");
         registry.unregister(&first);
         // Opened after the moment (and its slack): only its token can end it.
-        let (_second, q3) = registry.register(&token("u"), queue(4), 16).unwrap();
+        let (second, _q3) = registry.register(&token("u"), queue(4), 16).unwrap();
         let long_ago = now_ms() - 60_000;
         assert_eq!(registry.disconnect(&user("u"), long_ago, None), 0);
         assert_eq!(registry.disconnect(&user("u"), long_ago, Some(99)), 0);
         assert_eq!(registry.disconnect(&user("u"), long_ago, Some(100)), 1);
-        assert_eq!(q3.kick.try_recv(), Ok(close_code::DISCONNECTED));
+        assert_eq!(second.close_requested(), Some(close_code::DISCONNECTED));
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use authority::Authority;
 pub use change::{Amendment, Change, Decided, Made, Post, Proposal};
 pub use changes::Judged;
 pub use commit::{Completion, Durable};
-pub use connections::{close_code, Connection, ConnectionQueues, Priority};
+pub use connections::{close_code, Connection, ConnectionQueues, Outbound, Priority};
 use connections::{QueueLimits, Registry};
 pub use events::{Event, Subscriber};
 pub use local::Local;

@@ -19,7 +19,9 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::engine::{close_code, Accepted, Connection, ConnectionQueues, Engine, Priority};
+use crate::engine::{
+    close_code, Accepted, Connection, ConnectionQueues, Engine, Outbound, Priority,
+};
 use crate::error::Error;
 use crate::protocol::{
     encode, now_ms, parse_request, Frame, Request, RequestBody, RequestId, RoomId, ServerFrame,
@@ -162,7 +164,7 @@ where
             Ok(WsMessage::Text(text)) => match parse_request(text.as_str()) {
                 Ok(request) => {
                     bad_in_a_row = 0;
-                    handle(engine, connection, request, &mut sends).await
+                    Box::pin(handle(engine, connection, request, &mut sends)).await
                 }
                 Err((id, error)) => {
                     bad_in_a_row += 1;
@@ -343,7 +345,7 @@ where
 {
     enum Next {
         Frame(Frame),
-        Close(u16),
+        Closing,
         Tick,
         Expiry,
         Gone,
@@ -356,51 +358,43 @@ where
     // A write may wait for the client as long as the client may stay silent.
     let stall_limit = Duration::from_millis(limits.idle_timeout_ms);
     let code = loop {
-        // Close requests go first, so a 1013 is not stuck behind the full queue it is for.
+        // A close asked for goes first, so a 1013 is not stuck behind the full queue it is for.
+        if let Some(code) = shared.connection.close_requested() {
+            break code;
+        }
         let next = smol::future::or(
             async {
-                match queues.kick.recv().await {
-                    Ok(code) => Next::Close(code),
-                    Err(_) => std::future::pending().await,
+                match queues.queue.recv().await {
+                    Ok(Outbound::Frame(frame)) => {
+                        shared.connection.dequeued(&frame);
+                        Next::Frame(frame)
+                    }
+                    Ok(Outbound::Closing) => Next::Closing,
+                    Err(_) => Next::Gone,
                 }
             },
             smol::future::or(
                 async {
-                    match queues.frames.recv().await {
-                        Ok(frame) => {
-                            shared.connection.dequeued(&frame);
-                            Next::Frame(frame)
-                        }
-                        Err(_) => Next::Gone,
-                    }
+                    ticks.next().await;
+                    Next::Tick
                 },
-                smol::future::or(
-                    async {
-                        ticks.next().await;
-                        Next::Tick
-                    },
-                    async {
-                        (&mut expiry_timer).await;
-                        Next::Expiry
-                    },
-                ),
+                async {
+                    (&mut expiry_timer).await;
+                    Next::Expiry
+                },
             ),
         )
         .await;
         let written = match next {
             Next::Frame(frame) => {
-                let batch = within(
-                    stall_limit,
-                    write_batch(&mut sink, frame, &queues.frames, shared.connection),
-                )
-                .await;
-                batch.map(|frames| {
+                let batch = write_batch(&mut sink, frame, &queues.queue, shared.connection);
+                within(stall_limit, &mut ticks, batch).await.map(|frames| {
                     metrics.frames_out.inc_by(frames);
                 })
             }
             Next::Tick if shared.heard.silent_for_ms() < limits.idle_timeout_ms => {
                 let ping = sink.send(WsMessage::Ping(Default::default()));
-                within(stall_limit, ping).await
+                within(stall_limit, &mut ticks, ping).await
             }
             Next::Tick => {
                 log::info!(
@@ -431,7 +425,7 @@ where
                 expiry_timer = expiry.timer(exp);
                 Some(())
             }
-            Next::Close(code) => break code,
+            Next::Closing => Some(()),
             Next::Gone => return,
         };
         if written.is_none() {
@@ -462,7 +456,7 @@ where
 async fn write_batch<S>(
     sink: &mut WebSocketSender<S>,
     first: Frame,
-    queued: &async_channel::Receiver<Frame>,
+    queued: &async_channel::Receiver<Outbound>,
     connection: &Connection,
 ) -> Result<u64, tungstenite::Error>
 where
@@ -471,7 +465,8 @@ where
     sink.feed(WsMessage::Text(first)).await?;
     let mut written = 1;
     while written < MAX_FRAMES_PER_FLUSH {
-        let Ok(frame) = queued.try_recv() else {
+        // A close ends the batch; the writer then sees it asked for.
+        let Ok(Outbound::Frame(frame)) = queued.try_recv() else {
             break;
         };
         connection.dequeued(&frame);
@@ -482,18 +477,31 @@ where
     Ok(written as u64)
 }
 
-/// Runs one socket write, giving up after `limit`: a client that stops reading fills its
-/// socket buffer, and the write would otherwise wait forever, holding the connection (and
-/// the close frame meant for it) open.
+/// Runs one socket write, giving up at the first of the connection's ping `ticks` after
+/// `limit`: a client that stops reading fills its socket buffer, and the write would
+/// otherwise wait forever, holding the connection (and the close frame meant for it) open.
+/// The ticks are the connection's own timer because a timer armed per write made every
+/// write wake the reactor thread (async-io notifies it of each new timer): one wake-up and
+/// context switch per delivery. A tick during a write sends no ping; data went out instead.
 async fn within<T>(
     limit: Duration,
+    ticks: &mut smol::Timer,
     write: impl Future<Output = Result<T, tungstenite::Error>>,
 ) -> Option<T> {
-    smol::future::or(async { write.await.ok() }, async {
-        smol::Timer::after(limit).await;
-        None
-    })
-    .await
+    let started = Instant::now();
+    let mut write = std::pin::pin!(write);
+    loop {
+        let written = smol::future::or(async { Some(write.as_mut().await.ok()) }, async {
+            ticks.next().await;
+            None
+        })
+        .await;
+        match written {
+            Some(written) => return written,
+            None if started.elapsed() >= limit => return None,
+            None => {}
+        }
+    }
 }
 
 /// Seconds before a token's `exp` that the server asks for a fresh one (PROTOCOL.md).
