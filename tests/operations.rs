@@ -51,6 +51,12 @@ fn metrics_count_connections_messages_deliveries_and_refusals() {
     );
     u1.send_text("not json");
     u1.recv_json();
+    // A batch of frames is counted once its write is done, which can be just after the
+    // client has read it.
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    while server.metric("chat_engine_ws_frames_sent_total") < 6.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let text = server.metrics();
     let value = |series: &str| metric_value(&text, series);
