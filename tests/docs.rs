@@ -87,6 +87,15 @@ fn openapi_documents_every_route_the_router_serves() {
     }
 }
 
+/// A response header's value, or "" when it has none.
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
 /// The methods `OPTIONS` says a path allows.
 fn allowed(server: &TestServer, method: &str, path: &str) -> (u16, BTreeSet<String>) {
     let request = ureq::http::Request::builder()
@@ -97,11 +106,7 @@ fn allowed(server: &TestServer, method: &str, path: &str) -> (u16, BTreeSet<Stri
     let response = agent()
         .run(request)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let allow = response
-        .headers()
-        .get("allow")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let allow = header(&response, "allow");
     let methods = allow
         .split(',')
         .map(|m| m.trim().to_lowercase())
@@ -212,11 +217,7 @@ fn swagger_ui_is_served_by_the_binary() {
             .get(server.url(path))
             .call()
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
+        let content_type = header(&response, "content-type");
         let body = response.body_mut().read_to_string().unwrap_or_default();
         (response.status().as_u16(), content_type, body)
     };

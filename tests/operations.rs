@@ -11,15 +11,20 @@ use serde_json::json;
 /// Polls `series` until it equals `want`, or fails after a few seconds.
 #[track_caller]
 fn wait_for_metric(server: &TestServer, series: &str, want: f64) {
+    wait_until_metric(server, series, &format!("{want}"), |got| got == want);
+}
+
+/// Waits until `series` satisfies `ok` (`wanted` says how, for the failure message).
+fn wait_until_metric(server: &TestServer, series: &str, wanted: &str, ok: impl Fn(f64) -> bool) {
     let deadline = Instant::now() + RECV_TIMEOUT;
     loop {
         let got = server.metric(series);
-        if got == want {
+        if ok(got) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{series} is {got}, want {want}:\n{}",
+            "{series} is {got}, want {wanted}:\n{}",
             server.metrics()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -53,10 +58,12 @@ fn metrics_count_connections_messages_deliveries_and_refusals() {
     u1.recv_json();
     // A batch of frames is counted once its write is done, which can be just after the
     // client has read it.
-    let deadline = Instant::now() + RECV_TIMEOUT;
-    while server.metric("chat_engine_ws_frames_sent_total") < 6.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_metric(
+        &server,
+        "chat_engine_ws_frames_sent_total",
+        "at least 6",
+        |sent| sent >= 6.0,
+    );
 
     let text = server.metrics();
     let value = |series: &str| metric_value(&text, series);
