@@ -15,6 +15,7 @@ fn wait_for_metric(server: &TestServer, series: &str, want: f64) {
 }
 
 /// Waits until `series` satisfies `ok` (`wanted` says how, for the failure message).
+#[track_caller]
 fn wait_until_metric(server: &TestServer, series: &str, wanted: &str, ok: impl Fn(f64) -> bool) {
     let deadline = Instant::now() + RECV_TIMEOUT;
     loop {
