@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
+
 use crate::auth::Token;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -57,7 +59,7 @@ pub struct Connection {
     /// replaces them.
     exp: AtomicU64,
     iat: AtomicU64,
-    queue: async_channel::Sender<Outbound>,
+    queue: UnboundedSender<Outbound>,
     /// The close code asked for (0: none). Beside the queue rather than in it, so a close
     /// is seen at once and not behind the full queue a 1013 is for.
     close_code: AtomicU16,
@@ -86,7 +88,7 @@ pub enum Outbound {
 
 /// The connection task's end of its queue.
 pub struct ConnectionQueues {
-    pub queue: async_channel::Receiver<Outbound>,
+    pub queue: UnboundedReceiver<Outbound>,
 }
 
 impl Connection {
@@ -101,8 +103,13 @@ impl Connection {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let over_bytes = before > 0 && before + bytes > self.max_queued_bytes;
         let over_frames = self.queue.len() >= self.capacity;
-        if over_bytes || over_frames || self.queue.try_send(Outbound::Frame(frame.clone())).is_err()
-        {
+        let refused = over_bytes
+            || over_frames
+            || self
+                .queue
+                .unbounded_send(Outbound::Frame(frame.clone()))
+                .is_err();
+        if refused {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             if !self.queue.is_closed() {
                 log::warn!(
@@ -128,7 +135,7 @@ impl Connection {
             .is_ok();
         if first {
             // The queue is unbounded in type (bounded by `deliver`), so the wake-up fits.
-            let _ = self.queue.try_send(Outbound::Closing);
+            let _ = self.queue.unbounded_send(Outbound::Closing);
         }
     }
 
@@ -187,8 +194,10 @@ impl Registry {
         let user = &token.user;
         let queue_capacity = queue.frames;
         // Unbounded in type, bounded by `deliver`: a bounded channel allocates all its slots
-        // up front, about 40 KiB per idle connection at the default 1024 frames.
-        let (sender, receiver) = async_channel::unbounded();
+        // up front (about 40 KiB per idle connection at the default 1024 frames), and
+        // async-channel's unbounded one about 700 bytes (cache-padded ends, blocks of 31
+        // slots); this one holds a frame per node and an idle connection's queue in ~100.
+        let (sender, receiver) = futures_channel::mpsc::unbounded();
         let connection = Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
@@ -303,10 +312,10 @@ mod tests {
             frames: 100,
             bytes: 10,
         };
-        let (conn, queues) = registry.register(&token("u"), limits, 16).unwrap();
+        let (conn, mut queues) = registry.register(&token("u"), limits, 16).unwrap();
         let big = Frame::from("0123456789abcdef");
         conn.deliver(&big, Priority::Keep);
-        assert_eq!(queues.queue.len(), 1, "an empty queue takes any frame");
+        assert_eq!(conn.queue.len(), 1, "an empty queue takes any frame");
         assert_eq!(conn.close_requested(), None);
         conn.deliver(&Frame::from("x"), Priority::Keep);
         assert_eq!(conn.close_requested(), Some(close_code::TRY_AGAIN_LATER));
@@ -316,7 +325,7 @@ mod tests {
         assert!(matches!(queues.queue.try_recv(), Ok(Outbound::Closing)));
         conn.dequeued(&taken);
         conn.deliver(&Frame::from("small"), Priority::Keep);
-        assert_eq!(queues.queue.len(), 1, "room again once the writer took it");
+        assert_eq!(conn.queue.len(), 1, "room again once the writer took it");
     }
 
     #[test]
@@ -328,11 +337,11 @@ mod tests {
         registry.deliver(&users, None, &frame, Priority::Keep);
         registry.deliver(&users, None, &frame, Priority::Keep);
         registry.deliver(&users, None, &frame, Priority::Droppable);
-        assert_eq!(queues.queue.len(), 2, "typing dropped at half full");
+        assert_eq!(conn.queue.len(), 2, "typing dropped at half full");
         for _ in 0..3 {
             registry.deliver(&users, None, &frame, Priority::Keep);
         }
-        assert_eq!(queues.queue.len(), 5, "four frames and the close's wake-up");
+        assert_eq!(conn.queue.len(), 5, "four frames and the close's wake-up");
         assert_eq!(conn.close_requested(), Some(close_code::TRY_AGAIN_LATER));
         conn.close(close_code::GOING_AWAY);
         assert_eq!(
@@ -340,7 +349,7 @@ mod tests {
             Some(close_code::TRY_AGAIN_LATER),
             "the first close wins"
         );
-        assert_eq!(queues.queue.len(), 5, "and wakes the writer once");
+        assert_eq!(conn.queue.len(), 5, "and wakes the writer once");
     }
 
     #[test]

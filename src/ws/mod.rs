@@ -15,6 +15,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{self, Message as WsMessage};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use futures_channel::mpsc::UnboundedReceiver;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use smol::io::{AsyncRead, AsyncWrite};
@@ -339,8 +340,11 @@ fn answer_post<'a>(
     }
 }
 
-async fn write_loop<S>(shared: &Shared<'_>, mut sink: WebSocketSender<S>, queues: ConnectionQueues)
-where
+async fn write_loop<S>(
+    shared: &Shared<'_>,
+    mut sink: WebSocketSender<S>,
+    mut queues: ConnectionQueues,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     enum Next {
@@ -364,13 +368,13 @@ where
         }
         let next = smol::future::or(
             async {
-                match queues.queue.recv().await {
-                    Ok(Outbound::Frame(frame)) => {
+                match queues.queue.next().await {
+                    Some(Outbound::Frame(frame)) => {
                         shared.connection.dequeued(&frame);
                         Next::Frame(frame)
                     }
-                    Ok(Outbound::Closing) => Next::Closing,
-                    Err(_) => Next::Gone,
+                    Some(Outbound::Closing) => Next::Closing,
+                    None => Next::Gone,
                 }
             },
             smol::future::or(
@@ -387,7 +391,7 @@ where
         .await;
         let written = match next {
             Next::Frame(frame) => {
-                let batch = write_batch(&mut sink, frame, &queues.queue, shared.connection);
+                let batch = write_batch(&mut sink, frame, &mut queues.queue, shared.connection);
                 within(stall_limit, &mut ticks, batch).await.map(|frames| {
                     metrics.frames_out.inc_by(frames);
                 })
@@ -456,7 +460,7 @@ where
 async fn write_batch<S>(
     sink: &mut WebSocketSender<S>,
     first: Frame,
-    queued: &async_channel::Receiver<Outbound>,
+    queued: &mut UnboundedReceiver<Outbound>,
     connection: &Connection,
 ) -> Result<u64, tungstenite::Error>
 where
