@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn full_queue_closes_with_1013_and_typing_is_dropped_first() {
         let registry = Registry::new(Metrics::new());
-        let (conn, queues) = registry.register(&token("u"), queue(4), 16).unwrap();
+        let (conn, _queues) = registry.register(&token("u"), queue(4), 16).unwrap();
         let frame = Frame::from("x");
         let users = [user("u")];
         registry.deliver(&users, None, &frame, Priority::Keep);
