@@ -742,6 +742,58 @@ fn every_node_names_the_cluster_epoch_and_resumes_what_another_took() {
     assert_eq!(reply["reset"], json!(["r-ep"]), "{reply}");
 }
 
+/// On one Redis a node reads every shard's log and typing stream in one read: rooms on
+/// every shard still get their messages and typing indicators to the other node, and a
+/// typing indicator never comes back to its sender.
+#[test]
+fn messages_and_typing_of_rooms_on_every_shard_reach_the_other_node() {
+    if !available("messages_and_typing_of_rooms_on_every_shard_reach_the_other_node") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    // Twelve rooms over the tests' four shards: every shard has some.
+    let rooms: Vec<String> = (0..12).map(|i| format!("r-shard-{i}")).collect();
+    for room in &rooms {
+        a.create_room(room, "driver");
+        a.add_member(room, "rider");
+        a.post_message(room, json!({"text": format!("hello {room}")}));
+    }
+    for room in &rooms {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.rest("GET", &format!("/v1/rooms/{room}"), None).0 != 200 {
+            assert!(Instant::now() < deadline, "node b never saw {room}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let history = b.history_of_size(room, 1);
+        assert_eq!(
+            history[&1]["text"],
+            json!(format!("hello {room}")),
+            "{room}"
+        );
+    }
+    let mut driver = a.ws("driver");
+    let mut rider = b.ws("rider");
+    for room in &rooms {
+        driver.send_json(&json!({"type": "typing", "room_id": room}));
+    }
+    let mut seen = HashSet::new();
+    for _ in &rooms {
+        let typing = rider.expect_push("typing");
+        assert_eq!(typing["user_id"], "driver", "{typing}");
+        seen.insert(typing["room_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        seen.len(),
+        rooms.len(),
+        "one typing push per room: {seen:?}"
+    );
+    driver.expect_no("typing", Duration::from_millis(300));
+}
+
 /// Webhooks in cluster mode: each change's events are written by the node that asked for
 /// it, so every event is sent once for the whole cluster, with one id; a `received` on one
 /// node spares a `notify` that another node decides.

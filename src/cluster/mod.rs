@@ -22,8 +22,8 @@ use redis::{AsyncCommands, RedisError, Value};
 
 use crate::config::ClusterConfig;
 use crate::engine::{
-    Applied, Authority, Change, Decided, Disconnect, Durable, Engine, Judged, Made, Post, Proposal,
-    Stamp, Verdict,
+    Applied, Authority, Change, Completion, Decided, Disconnect, Durable, Engine, Judged, Made,
+    Post, Proposal, Stamp, Verdict,
 };
 use crate::error::{Error, StartError, StorageError};
 use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
@@ -577,17 +577,32 @@ impl Cluster {
         }
     }
 
-    /// Reads shard `shard`'s log from this node's position and applies it, forever;
-    /// reconnects with backoff when the read fails.
-    async fn follow(&self, engine: &Engine, shard: u16) {
-        let (log, typing) = (log_key(shard), typing_key(shard));
-        let progress = &self.shards[usize::from(shard)];
+    /// The shards each log reader follows. On a single Redis one read names every shard's
+    /// log, so one reader serves them all and a quiet shard costs no round trip; on a Redis
+    /// Cluster a read's keys must share a slot, so each shard has its own reader.
+    fn reader_groups(&self) -> Vec<Vec<u16>> {
+        let shards = 0..self.config.shards;
+        if self.config.redis_cluster {
+            shards.map(|shard| vec![shard]).collect()
+        } else {
+            vec![shards.collect()]
+        }
+    }
+
+    /// Reads the logs of `shards` from this node's positions and applies them, forever;
+    /// reconnects with backoff when a read fails.
+    async fn follow(&self, engine: &Engine, shards: &[u16]) {
+        let logs: Vec<String> = shards.iter().map(|&shard| log_key(shard)).collect();
+        let typings: Vec<String> = shards.iter().map(|&shard| typing_key(shard)).collect();
+        // A shard's log and typing stream share its hash tag, so one read serves both.
+        let keys: Vec<&str> = logs.iter().chain(&typings).map(String::as_str).collect();
+        let progress = |shard: u16| &self.shards[usize::from(shard)];
         let at_once = StreamReadOptions::default().count(READ_COUNT);
         let blocking = StreamReadOptions::default()
             .count(READ_COUNT)
             .block(link::READ_BLOCK.as_millis() as usize);
         let mut attempt = 0;
-        loop {
+        'connect: loop {
             if self.broken().is_some() {
                 smol::Timer::after(Duration::from_millis(100)).await;
                 continue;
@@ -607,72 +622,64 @@ impl Cluster {
                 }
             };
             // Typing is read from wherever its stream ends now: never replayed.
-            let newest: Result<redis::streams::StreamRangeReply, _> =
-                conn.xrevrange_count(&typing, "+", "-", 1).await;
-            let mut typing_from = match newest {
-                Ok(reply) => reply.ids.first().map_or("0-0".to_owned(), |e| e.id.clone()),
-                Err(e) => {
-                    log::warn!("cluster: reading typing {shard} failed: {e}");
-                    smol::Timer::after(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
+            let mut typing_from = Vec::with_capacity(typings.len());
+            for typing in &typings {
+                let newest: Result<redis::streams::StreamRangeReply, _> =
+                    conn.xrevrange_count(typing, "+", "-", 1).await;
+                match newest {
+                    Ok(reply) => typing_from
+                        .push(reply.ids.first().map_or("0-0".to_owned(), |e| e.id.clone())),
+                    Err(e) => {
+                        log::warn!("cluster: reading {typing} failed: {e}");
+                        smol::Timer::after(backoff(attempt)).await;
+                        attempt += 1;
+                        continue 'connect;
+                    }
                 }
-            };
+            }
             // A node out of sync stops applying until an operator repairs it.
             while self.broken().is_none() {
-                let from = progress.position().to_string();
-                // Until the log has been read to its end, reads do not wait for new entries:
-                // a node on an empty or short log is ready at once, not after a block.
-                let options = if progress.caught_up.load(Ordering::Acquire) {
-                    &blocking
-                } else {
-                    &at_once
-                };
-                // Both streams share the shard's hash tag, so one read serves them.
-                let read: Result<Option<StreamReadReply>, _> = conn
-                    .xread_options(&[&log, &typing], &[&from, &typing_from], options)
-                    .await;
+                let mut from: Vec<String> = shards
+                    .iter()
+                    .map(|&shard| progress(shard).position().to_string())
+                    .collect();
+                from.extend(typing_from.iter().cloned());
+                // Until every log has been read to its end, reads do not wait for new
+                // entries: a node on an empty or short log is ready at once, not after a block.
+                let caught_up = shards
+                    .iter()
+                    .all(|&shard| progress(shard).caught_up.load(Ordering::Acquire));
+                let options = if caught_up { &blocking } else { &at_once };
+                let read: Result<Option<StreamReadReply>, _> =
+                    conn.xread_options(&keys, &from, options).await;
                 let streams = match read {
                     Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
                     Err(e) => {
-                        log::warn!("cluster: reading log {shard} failed: {e}");
+                        log::warn!("cluster: reading the logs of shards {shards:?} failed: {e}");
                         break;
                     }
                 };
                 attempt = 0;
-                let mut entries = Vec::new();
+                let mut batches: Vec<(u16, Vec<redis::streams::StreamId>)> =
+                    shards.iter().map(|&shard| (shard, Vec::new())).collect();
                 for stream in streams {
-                    if stream.key == typing {
+                    if let Some(i) = typings.iter().position(|key| *key == stream.key) {
                         if let Some(last) = stream.ids.last() {
-                            typing_from = last.id.clone();
+                            typing_from[i] = last.id.clone();
                         }
-                        for entry in &stream.ids {
-                            if let (Some(room), Some(user)) = (
-                                entry
-                                    .get::<String>("room")
-                                    .and_then(|r| RoomId::parse(&r).ok()),
-                                entry
-                                    .get::<String>("user")
-                                    .and_then(|u| UserId::parse(&u).ok()),
-                            ) {
-                                match entry.get::<u64>("seq") {
-                                    Some(seq) => engine.note_received(&room, &user, seq),
-                                    None => engine.push_typing(&room, &user),
-                                }
-                            }
-                        }
-                    } else {
-                        entries = stream.ids;
+                        stream
+                            .ids
+                            .iter()
+                            .for_each(|entry| note_typing(engine, entry));
+                    } else if let Some(i) = logs.iter().position(|key| *key == stream.key) {
+                        batches[i].1 = stream.ids;
                     }
                 }
-                let at_end = entries.len() < READ_COUNT;
-                if let Err(e) = self.apply_entries(engine, shard, entries).await {
-                    log::warn!("cluster: applying log {shard} failed, retrying: {e}");
+                if let Err(e) = self.apply_batches(engine, batches).await {
+                    log::warn!(
+                        "cluster: applying the logs of shards {shards:?} failed, retrying: {e}"
+                    );
                     smol::Timer::after(backoff(3)).await;
-                    continue;
-                }
-                if at_end {
-                    progress.caught_up.store(true, Ordering::Release);
                 }
             }
             smol::Timer::after(backoff(attempt)).await;
@@ -680,18 +687,57 @@ impl Cluster {
         }
     }
 
-    /// Applies `entries` in order, waits until they are durable, then records the position.
+    /// Applies each shard's `entries` in order, waits until they are durable, then records
+    /// how far every shard got, in one commit.
+    async fn apply_batches(
+        &self,
+        engine: &Engine,
+        batches: Vec<(u16, Vec<redis::streams::StreamId>)>,
+    ) -> Result<(), Error> {
+        let mut completions = Vec::new();
+        let mut reached = Vec::new();
+        let mut read_to_end = Vec::new();
+        for (shard, entries) in batches {
+            if entries.len() < READ_COUNT {
+                read_to_end.push(shard);
+            }
+            let Some(last) = entries.last().and_then(|e| LogPosition::parse(&e.id)) else {
+                continue;
+            };
+            self.apply_entries(engine, shard, &entries, &mut completions)
+                .await?;
+            reached.push((shard, last));
+        }
+        for completion in completions {
+            completion.wait().await?;
+        }
+        if !reached.is_empty() {
+            let mut batch = Batch::new();
+            for &(shard, last) in &reached {
+                batch.cluster_position(shard, (last.0, last.1));
+            }
+            engine.persist(batch).await?;
+            for (shard, last) in reached {
+                self.shards[usize::from(shard)].advance(last);
+            }
+        }
+        for shard in read_to_end {
+            self.shards[usize::from(shard)]
+                .caught_up
+                .store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Applies one shard's `entries` in order, collecting what to wait for.
     async fn apply_entries(
         &self,
         engine: &Engine,
         shard: u16,
-        entries: Vec<redis::streams::StreamId>,
+        entries: &[redis::streams::StreamId],
+        completions: &mut Vec<Completion>,
     ) -> Result<(), Error> {
-        let Some(last) = entries.last().and_then(|e| LogPosition::parse(&e.id)) else {
-            return Ok(());
-        };
-        let mut completions = Vec::new();
-        for entry in &entries {
+        for entry in entries {
             // The node that asked for a change writes its webhook events; the others only
             // apply it, so each event is sent once for the whole cluster.
             let asked_here = entry.get::<String>("node").as_deref() == Some(self.node.as_str());
@@ -716,14 +762,23 @@ impl Cluster {
             }
             completions.extend(completion);
         }
-        for completion in completions {
-            completion.wait().await?;
-        }
-        let mut batch = Batch::new();
-        batch.cluster_position(shard, (last.0, last.1));
-        engine.persist(batch).await?;
-        self.shards[usize::from(shard)].advance(last);
         Ok(())
+    }
+}
+
+/// Shows a typing indicator, or with `seq` notes a `received`, from another node's entry.
+fn note_typing(engine: &Engine, entry: &redis::streams::StreamId) {
+    let room = entry
+        .get::<String>("room")
+        .and_then(|r| RoomId::parse(&r).ok());
+    let user = entry
+        .get::<String>("user")
+        .and_then(|u| UserId::parse(&u).ok());
+    if let (Some(room), Some(user)) = (room, user) {
+        match entry.get::<u64>("seq") {
+            Some(seq) => engine.note_received(&room, &user, seq),
+            None => engine.push_typing(&room, &user),
+        }
     }
 }
 
@@ -824,10 +879,12 @@ impl Authority for Arc<Cluster> {
 
     fn duties<'a>(&'a self, engine: &'a Engine) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let followers = (0..self.config.shards)
-                .map(|shard| {
+            let followers = self
+                .reader_groups()
+                .into_iter()
+                .map(|shards| {
                     let (cluster, engine) = (self.clone(), engine.clone());
-                    smol::spawn(async move { cluster.follow(&engine, shard).await })
+                    smol::spawn(async move { cluster.follow(&engine, &shards).await })
                 })
                 .collect::<Vec<_>>();
             self.keep_up(engine).await;
