@@ -94,6 +94,22 @@ pub struct ServerConfig {
     pub listen: String,
     /// How long shutdown waits for connections to take their close frame before dropping them.
     pub shutdown_grace_ms: u64,
+    /// Threads that serve connections (HTTP and WebSocket) and run the engine's tasks; 0 is
+    /// one per CPU core the process may use.
+    pub threads: usize,
+}
+
+/// More threads than this is a typo, not a machine.
+const MAX_THREADS: usize = 1024;
+
+impl ServerConfig {
+    /// [`ServerConfig::threads`], with 0 resolved to the cores available to this process.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +268,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             shutdown_grace_ms: 2_000,
+            threads: 0,
         }
     }
 }
@@ -375,6 +392,12 @@ impl Config {
             return invalid(format!(
                 "server.listen {:?} is not an address like 127.0.0.1:8080",
                 self.server.listen
+            ));
+        }
+        if self.server.threads > MAX_THREADS {
+            return invalid(format!(
+                "server.threads {} is more than {MAX_THREADS}",
+                self.server.threads
             ));
         }
         if self.auth.jwt_secret.is_empty() {
@@ -586,6 +609,16 @@ mod tests {
         assert!(parse("[limits]\nmax_frame_byte = 10").is_err());
         assert!(parse("[limits]\nping_interval_ms = 5000\nidle_timeout_ms = 5000").is_err());
         assert!(parse("not toml [").is_err());
+        let error = parse("[server]\nthreads = 5000").unwrap_err().to_string();
+        assert!(error.contains("server.threads 5000"), "{error}");
+    }
+
+    #[test]
+    fn zero_threads_means_one_per_core() {
+        let config = parse("[server]\nthreads = 3").unwrap();
+        assert_eq!(config.server.worker_threads(), 3);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(Config::default().server.worker_threads(), cores);
     }
 
     #[test]

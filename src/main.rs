@@ -170,6 +170,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
              Set your own in the config file before this server faces a network. !!!"
         );
     }
+    // smol's executor, which serves every connection, reads its thread count once, when it
+    // starts its first task, and otherwise runs on one thread whatever the machine. No
+    // thread exists yet that could read the environment meanwhile.
+    let threads = config.server.worker_threads();
+    std::env::set_var("SMOL_THREADS", threads.to_string());
+    log::info!("serving on {threads} thread(s)");
     let address = config.listen_addr().context("server.listen")?;
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen on {address}"))?;

@@ -2,8 +2,10 @@
 //! lacks), API-key auth, body limits, error bodies, operations endpoints, and the WebSocket
 //! upgrade that hands the socket to [`crate::ws`].
 //!
-//! tide (and through it async-std) stays inside this module, so it can be replaced without
-//! touching the engine.
+//! tide stays inside this module, so it can be replaced without touching the engine. Its
+//! listener is not used: connections are accepted here and served on smol's executor, the
+//! one the WebSocket connections and the engine run on, rather than on async-std's own
+//! threads, which on a small machine share the core and hand every wake-up across.
 
 pub mod asyncapi;
 mod demo;
@@ -50,7 +52,47 @@ pub async fn serve(listener: std::net::TcpListener, engine: Engine) -> std::io::
         .serve(&mut app);
     demo::routes(&mut app);
     rest::routes(&mut app);
-    app.listen(listener).await
+    accept(app, listener).await
+}
+
+/// Accepts connections forever, each served by async-h1 (tide's HTTP/1.1) in a task of its
+/// own. A client that goes away mid-request is its own business, so that is logged at debug.
+async fn accept(app: Server<Engine>, listener: std::net::TcpListener) -> std::io::Result<()> {
+    let listener = smol::net::TcpListener::try_from(listener)?;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, say: pause rather than spin on the error.
+                log::error!("cannot accept a connection: {e}; pausing 500 ms");
+                smol::Timer::after(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let (app, local) = (app.clone(), stream.local_addr().ok());
+        smol::spawn(async move {
+            let served = async_h1::accept(stream, |mut req| async {
+                req.set_peer_addr(Some(peer));
+                req.set_local_addr(local);
+                app.respond(req).await
+            })
+            .await;
+            if let Err(e) = served {
+                log::debug!("HTTP connection from {peer} ended: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+/// Accept errors that concern one connection only, not the listener.
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// The endpoints of one path, registered together so that the path answers the methods it
