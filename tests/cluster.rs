@@ -103,6 +103,23 @@ impl Node {
         }
     }
 
+    /// Waits until this node knows `room` with `count` members.
+    #[track_caller]
+    fn wait_for_members(&self, room: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.rest("GET", &format!("/v1/rooms/{room}"), None).1["members"]
+            .as_array()
+            .map(Vec::len)
+            != Some(count)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{room} never had {count} members here"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until this node holds `count` messages of `room`, and returns them.
     #[track_caller]
     fn history_of_size(&self, room: &str, count: usize) -> BTreeMap<u64, Value> {
@@ -763,11 +780,7 @@ fn messages_and_typing_of_rooms_on_every_shard_reach_the_other_node() {
         a.post_message(room, json!({"text": format!("hello {room}")}));
     }
     for room in &rooms {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while b.rest("GET", &format!("/v1/rooms/{room}"), None).0 != 200 {
-            assert!(Instant::now() < deadline, "node b never saw {room}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        b.wait_for_members(room, 2);
         let history = b.history_of_size(room, 1);
         assert_eq!(
             history[&1]["text"],
@@ -815,15 +828,7 @@ fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
     a.create_room("r-wh", "driver");
     a.add_member("r-wh", "rider");
     a.add_member("r-wh", "away");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.rest("GET", "/v1/rooms/r-wh", None).1["members"]
-        .as_array()
-        .map(Vec::len)
-        != Some(3)
-    {
-        assert!(Instant::now() < deadline, "node b never saw the members");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    b.wait_for_members("r-wh", 3);
     let mut driver = a.ws("driver");
     let mut rider = b.ws("rider");
     for i in 1..=3 {
