@@ -225,12 +225,17 @@ impl Cluster {
         Error::Unavailable(format!("Redis call failed: {e}"))
     }
 
+    /// How far this node has applied `shard`'s log.
+    fn progress(&self, shard: u16) -> &ShardProgress {
+        &self.shards[usize::from(shard)]
+    }
+
     fn shard(&self, room_id: &RoomId) -> u16 {
         shard_of(room_id.as_str(), self.config.shards)
     }
 
     async fn wait_applied(&self, shard: u16, position: LogPosition) -> Result<(), Error> {
-        let Some(applied) = self.shards[usize::from(shard)].wait_for(position) else {
+        let Some(applied) = self.progress(shard).wait_for(position) else {
             return Ok(());
         };
         let deadline = Duration::from_millis(self.config.apply_timeout_ms);
@@ -596,7 +601,6 @@ impl Cluster {
         let typings: Vec<String> = shards.iter().map(|&shard| typing_key(shard)).collect();
         // A shard's log and typing stream share its hash tag, so one read serves both.
         let keys: Vec<&str> = logs.iter().chain(&typings).map(String::as_str).collect();
-        let progress = |shard: u16| &self.shards[usize::from(shard)];
         let at_once = StreamReadOptions::default().count(READ_COUNT);
         let blocking = StreamReadOptions::default()
             .count(READ_COUNT)
@@ -641,14 +645,14 @@ impl Cluster {
             while self.broken().is_none() {
                 let mut from: Vec<String> = shards
                     .iter()
-                    .map(|&shard| progress(shard).position().to_string())
+                    .map(|&shard| self.progress(shard).position().to_string())
                     .collect();
                 from.extend(typing_from.iter().cloned());
                 // Until every log has been read to its end, reads do not wait for new
                 // entries: a node on an empty or short log is ready at once, not after a block.
                 let caught_up = shards
                     .iter()
-                    .all(|&shard| progress(shard).caught_up.load(Ordering::Acquire));
+                    .all(|&shard| self.progress(shard).caught_up.load(Ordering::Acquire));
                 let options = if caught_up { &blocking } else { &at_once };
                 let read: Result<Option<StreamReadReply>, _> =
                     conn.xread_options(&keys, &from, options).await;
@@ -718,11 +722,11 @@ impl Cluster {
             }
             engine.persist(batch).await?;
             for (shard, last) in reached {
-                self.shards[usize::from(shard)].advance(last);
+                self.progress(shard).advance(last);
             }
         }
         for shard in read_to_end {
-            self.shards[usize::from(shard)]
+            self.progress(shard)
                 .caught_up
                 .store(true, Ordering::Release);
         }
