@@ -101,6 +101,8 @@ pub struct ServerConfig {
 
 /// More threads than this is a typo, not a machine.
 const MAX_THREADS: usize = 1024;
+/// A script call longer than this would hold Redis up for milliseconds.
+const MAX_SENDS_PER_CALL: usize = 1024;
 
 impl ServerConfig {
     /// [`ServerConfig::threads`], with 0 resolved to the cores available to this process.
@@ -249,6 +251,9 @@ pub struct ClusterConfig {
     /// How long a change waits for this node to apply it from the log before the caller
     /// gets `unavailable`.
     pub apply_timeout_ms: u64,
+    /// Message sends one script call decides at most: those that queued up while the
+    /// previous call was out go together.
+    pub sends_per_call: usize,
 }
 
 impl Default for ClusterConfig {
@@ -259,6 +264,7 @@ impl Default for ClusterConfig {
             shards: 16,
             log_max_len: 1_000_000,
             apply_timeout_ms: 5_000,
+            sends_per_call: 64,
         }
     }
 }
@@ -509,6 +515,11 @@ impl Config {
                 "cluster.shards must be at least 1 and cluster.log_max_len at least 1000".into(),
             );
         }
+        if !(1..=MAX_SENDS_PER_CALL).contains(&self.cluster.sends_per_call) {
+            return invalid(format!(
+                "cluster.sends_per_call must be 1 to {MAX_SENDS_PER_CALL}"
+            ));
+        }
         Ok(())
     }
 
@@ -611,6 +622,13 @@ mod tests {
         assert!(parse("not toml [").is_err());
         let error = parse("[server]\nthreads = 5000").unwrap_err().to_string();
         assert!(error.contains("server.threads 5000"), "{error}");
+        for sends in [0, 1025] {
+            let error = parse(&format!("[cluster]\nsends_per_call = {sends}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("cluster.sends_per_call"), "{error}");
+        }
+        assert!(parse("[cluster]\nsends_per_call = 1024").is_ok());
     }
 
     #[test]

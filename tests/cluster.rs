@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::redis_server::{available, RedisCluster, RedisServer};
+use common::redis_server::{available, command_reply, script_calls, RedisCluster, RedisServer};
 use common::{config_toml, seqs_of, Process};
 
 /// A node of a cluster on `redis_url`, with its own data directory.
@@ -805,6 +805,113 @@ fn messages_and_typing_of_rooms_on_every_shard_reach_the_other_node() {
         "one typing push per room: {seen:?}"
     );
     driver.expect_no("typing", Duration::from_millis(300));
+}
+
+/// Sends that queue up while a script call is out go to Redis together, and each is still
+/// decided on its own: its seq, its dedup (a retry in the same call answers the first's
+/// seq), its refusal.
+#[test]
+fn sends_queued_together_are_each_decided_once_and_answered() {
+    if !available("sends_queued_together_are_each_decided_once_and_answered") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    // Eight senders, each in a room of its own, so a script call carries sends of several
+    // connections and several of each.
+    const SENDERS: usize = 8;
+    const PER_SENDER: usize = 30;
+    for i in 0..SENDERS {
+        a.create_room(&format!("queued-{i}"), &format!("s{i}"));
+    }
+    a.create_room("elsewhere", "someone");
+    b.wait_for_members(&format!("queued-{}", SENDERS - 1), 1);
+    let mut senders: Vec<_> = (0..SENDERS).map(|i| a.ws(&format!("s{i}"))).collect();
+    assert_eq!(
+        command_reply(redis.port, "CONFIG RESETSTAT").as_deref(),
+        Some("+OK")
+    );
+    // Every sender writes all its sends at once, without waiting: every sixth repeats the
+    // one before it (same client_msg_id), and one of s0's is to a room s0 is not in.
+    let frame = |sender: usize, i: usize| {
+        let key = if i % 6 == 5 { i - 1 } else { i };
+        let room = if (sender, i) == (0, 9) {
+            "elsewhere".to_owned()
+        } else {
+            format!("queued-{sender}")
+        };
+        json!({"type": "send", "id": format!("s{i}"), "room_id": room,
+               "text": format!("m{key}"), "client_msg_id": format!("c{key}")})
+    };
+    for i in 0..PER_SENDER {
+        for (sender, client) in senders.iter_mut().enumerate() {
+            client.send_json(&frame(sender, i));
+        }
+    }
+    for (sender, client) in senders.iter_mut().enumerate() {
+        let room = format!("queued-{sender}");
+        let mut seq_of = BTreeMap::new();
+        let mut seqs = Vec::new();
+        for i in 0..PER_SENDER {
+            let reply = client.wait_reply(&json!(format!("s{i}")));
+            if (sender, i) == (0, 9) {
+                assert_eq!(reply["code"], "not_member", "{reply}");
+                continue;
+            }
+            assert_eq!(reply["type"], "sent", "{} got {reply}", frame(sender, i));
+            let seq = reply["seq"].as_u64().unwrap();
+            if i % 6 == 5 {
+                assert_eq!(
+                    seq_of.get(&(i - 1)),
+                    Some(&seq),
+                    "a repeat answers the first's seq"
+                );
+                continue;
+            }
+            seq_of.insert(i, seq);
+            seqs.push(seq);
+        }
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{room}: seqs in the order sent, none twice, none skipped"
+        );
+        let history = b.history_of_size(&room, seqs.len());
+        assert_eq!(history.len(), seqs.len(), "{room} on the other node");
+    }
+    let (sends, calls) = ((SENDERS * PER_SENDER) as u64, script_calls(redis.port));
+    assert!(
+        calls * 2 <= sends,
+        "{sends} sends written at once took {calls} script calls"
+    );
+    // One connection's sends are queued as they come, not decided one after another.
+    assert_eq!(
+        command_reply(redis.port, "CONFIG RESETSTAT").as_deref(),
+        Some("+OK")
+    );
+    let one = &mut senders[1];
+    for i in 0..60 {
+        one.send_json(
+            &json!({"type": "send", "id": format!("p{i}"), "room_id": "queued-1",
+                              "text": format!("p{i}")}),
+        );
+    }
+    let burst: Vec<u64> = (0..60)
+        .filter_map(|i| one.wait_reply(&json!(format!("p{i}")))["seq"].as_u64())
+        .collect();
+    assert_eq!(burst.len(), 60, "every send answered `sent`");
+    assert!(
+        burst.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order: {burst:?}"
+    );
+    let calls = script_calls(redis.port);
+    assert!(
+        calls <= 30,
+        "60 sends of one connection took {calls} script calls"
+    );
 }
 
 /// Webhooks in cluster mode: each change's events are written by the node that asked for

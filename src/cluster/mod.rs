@@ -10,6 +10,7 @@
 
 mod link;
 mod scripts;
+mod sends;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,8 +23,8 @@ use redis::{AsyncCommands, RedisError, Value};
 
 use crate::config::ClusterConfig;
 use crate::engine::{
-    Applied, Authority, Change, Completion, Decided, Disconnect, Durable, Engine, Judged, Made,
-    Post, Proposal, Stamp, Verdict,
+    Applied, Authority, Change, Completion, Decided, Decision, Disconnect, Durable, Engine, Made,
+    Post, Proposal, Stamp,
 };
 use crate::error::{Error, StartError, StorageError};
 use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
@@ -31,8 +32,10 @@ use crate::storage::{Batch, Storage};
 use crate::sync::lock;
 use link::{backoff, Conn, Link};
 use scripts::{
-    dedup_field, log_key, shard_of, typing_key, RoomKeys, Scripts, IDENTITY_KEY, TYPING_LOG_LEN,
+    dedup_field, log_key, shard_of, typing_key, RoomKeys, Scripts, SendArgs, IDENTITY_KEY,
+    TYPING_LOG_LEN,
 };
+use sends::{Answering, SendQueue};
 
 /// Entries one log read takes at most.
 const READ_COUNT: usize = 512;
@@ -129,6 +132,8 @@ pub struct Cluster {
     link: Link,
     scripts: Scripts,
     shards: Vec<ShardProgress>,
+    /// Each shard group's message sends waiting for a script call ([`Cluster::shard_groups`]).
+    sends: Vec<SendQueue>,
     /// The data set this node's positions belong to, once known.
     epoch: Mutex<Option<String>>,
     /// Why this node cannot serve as a faithful replica (missed changes, Redis lost its
@@ -139,6 +144,15 @@ pub struct Cluster {
     /// `<max_len>:<node>` argument: a logged change names the node that asked for it.
     node: String,
     append_spec: String,
+}
+
+/// A message, or a change to one, on its way to the send script.
+struct Posting {
+    shard: u16,
+    room_id: RoomId,
+    post: Post,
+    dedup: String,
+    body: Arc<str>,
 }
 
 /// A change Redis has logged, not yet applied here.
@@ -174,11 +188,15 @@ impl Cluster {
                 ))
             })
             .collect::<Result<_, StorageError>>()?;
+        let groups = shard_groups(config).len();
         Ok(Cluster {
             config: config.clone(),
             link,
             scripts: Scripts::new(),
             shards,
+            sends: (0..groups)
+                .map(|_| SendQueue::new(config.sends_per_call))
+                .collect(),
             epoch: Mutex::new(storage.cluster_epoch()?),
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
@@ -264,89 +282,108 @@ impl Cluster {
         })
     }
 
-    /// Decides a message, or a change to one. A change's rules are judged here, against
-    /// this node's applied state; the script accepts the decision only if the target has
-    /// had as many changes in Redis as here, and otherwise this node catches up and judges
-    /// again.
+    /// Queues a message, or a change to one, for the send script: resolves once it is
+    /// queued behind the caller's earlier sends, with its decision to follow. A change's
+    /// rules are judged here, against this node's applied state; the script accepts the
+    /// decision only if the target has had as many changes in Redis as here, and otherwise
+    /// this node catches up and judges (and queues) again.
     async fn post(
         self: &Arc<Self>,
         engine: &Engine,
-        room_id: &RoomId,
-        post: &Post,
-    ) -> Result<Decided, Error> {
-        let shard = self.shard(room_id);
-        let keys = RoomKeys::new(room_id, shard);
-        let sender = post.sender.as_ref().map(UserId::as_str);
+        room_id: RoomId,
+        post: Post,
+    ) -> Result<Decision, Error> {
         let dedup = post
             .client_msg_id
             .as_deref()
-            .map(|id| dedup_field(sender, id))
+            .map(|id| dedup_field(post.sender.as_ref().map(UserId::as_str), id))
             .unwrap_or_default();
-        let encoded = serde_json::to_string(post).map_err(|e| Error::Internal(e.to_string()))?;
-        for _ in 0..MAX_STALE_DECISIONS {
-            let judged = engine.judge_change(room_id, post).await?;
-            let (target, version, nothing) = match &judged {
-                None => (String::new(), String::new(), false),
-                Some(Judged {
-                    target_seq,
-                    version,
-                    verdict,
-                }) => (
-                    target_seq.to_string(),
-                    version.map(|v| v.to_string()).unwrap_or_default(),
-                    *verdict == Verdict::Nothing,
-                ),
-            };
-            // Redis never goes below this node's last stamp in the room.
-            let floor = engine.last_stamp(room_id).await?.unwrap_or_default();
-            let mut conn = self.conn()?;
-            let answer: Vec<String> = keys
-                .invoke(&self.scripts.send, room_id)
-                .arg(sender.unwrap_or(""))
-                .arg(&dedup)
-                .arg(floor.seq)
-                .arg(floor.ts)
-                .arg(&self.append_spec)
-                .arg(&encoded)
-                .arg(&target)
-                .arg(&version)
-                .arg(if nothing { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            let number = |text: &str| {
-                text.parse::<u64>()
-                    .map_err(|_| Error::Internal(format!("Redis answered a bad number {text:?}")))
-            };
-            return match answer.as_slice() {
-                [word, seq, ts, id] if word == "new" || word == "repeat" => Ok(Decided {
-                    made: if word == "new" {
-                        Made::Now
-                    } else {
-                        Made::Before
-                    },
-                    stamp: Some(Stamp {
-                        seq: number(seq)?,
-                        ts: number(ts)?,
-                    }),
-                    durable: self.pending(shard, id)?.durable(),
-                }),
-                [word, id] if word == "nothing" => Ok(Decided {
-                    made: Made::Nothing,
-                    stamp: None,
-                    durable: self.pending(shard, id)?.durable(),
-                }),
-                [word, id] if word == "stale" => {
-                    self.pending(shard, id)?.applied().await?;
-                    continue;
+        let body: Arc<str> = serde_json::to_string(&post)
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .into();
+        let posting = Posting {
+            shard: self.shard(&room_id),
+            room_id,
+            post,
+            dedup,
+            body,
+        };
+        let first = self.queue_post(engine, &posting).await?;
+        let (cluster, engine) = (self.clone(), engine.clone());
+        Ok(Decision::Queued(Box::pin(async move {
+            let mut answering = first;
+            for _ in 1..MAX_STALE_DECISIONS {
+                match cluster.decided(&posting, answering.answer().await?)? {
+                    Ok(decided) => return Ok(decided),
+                    Err(stale) => stale.applied().await?,
                 }
-                other => Err(refusal(room_id, other)),
-            };
-        }
-        Err(Error::Unavailable(format!(
-            "message {} of room {room_id} kept changing while this change was decided; retry",
-            post.target_seq().unwrap_or_default()
-        )))
+                answering = cluster.queue_post(&engine, &posting).await?;
+            }
+            Err(Error::Unavailable(format!(
+                "message {} of room {} kept changing while this change was decided; retry",
+                posting.post.target_seq().unwrap_or_default(),
+                posting.room_id
+            )))
+        })))
+    }
+
+    /// Judges `posting` against this node's state and queues it for the send script.
+    async fn queue_post(&self, engine: &Engine, posting: &Posting) -> Result<Answering, Error> {
+        let Posting {
+            shard,
+            room_id,
+            post,
+            dedup,
+            body,
+        } = posting;
+        let change = engine.judge_change(room_id, post).await?;
+        // Redis never goes below this node's last stamp in the room.
+        let floor = engine.last_stamp(room_id).await?.unwrap_or_default();
+        let send = SendArgs {
+            keys: RoomKeys::new(room_id, *shard),
+            room_id: room_id.clone(),
+            sender: post.sender.clone(),
+            dedup: dedup.clone(),
+            floor: (floor.seq, floor.ts),
+            body: body.clone(),
+            change,
+        };
+        self.sends[self.group_of(*shard)].queue(send).await
+    }
+
+    /// What the send script's `answer` to `posting` decided; `Err` with what to wait for
+    /// when the target had changed meanwhile.
+    fn decided(
+        self: &Arc<Self>,
+        posting: &Posting,
+        answer: Vec<String>,
+    ) -> Result<Result<Decided, Pending>, Error> {
+        let shard = posting.shard;
+        let number = |text: &str| {
+            text.parse::<u64>()
+                .map_err(|_| Error::Internal(format!("Redis answered a bad number {text:?}")))
+        };
+        Ok(Ok(match answer.as_slice() {
+            [word, seq, ts, id] if word == "new" || word == "repeat" => Decided {
+                made: if word == "new" {
+                    Made::Now
+                } else {
+                    Made::Before
+                },
+                stamp: Some(Stamp {
+                    seq: number(seq)?,
+                    ts: number(ts)?,
+                }),
+                durable: self.pending(shard, id)?.durable(),
+            },
+            [word, id] if word == "nothing" => Decided {
+                made: Made::Nothing,
+                stamp: None,
+                durable: self.pending(shard, id)?.durable(),
+            },
+            [word, id] if word == "stale" => return Ok(Err(self.pending(shard, id)?)),
+            other => return Err(refusal(&posting.room_id, other)),
+        }))
     }
 
     /// Decides a room's creation, close, membership change or read marker.
@@ -582,15 +619,12 @@ impl Cluster {
         }
     }
 
-    /// The shards each log reader follows. On a single Redis one read names every shard's
-    /// log, so one reader serves them all and a quiet shard costs no round trip; on a Redis
-    /// Cluster a read's keys must share a slot, so each shard has its own reader.
-    fn reader_groups(&self) -> Vec<Vec<u16>> {
-        let shards = 0..self.config.shards;
+    /// Which of [`shard_groups`] `shard` is in.
+    fn group_of(&self, shard: u16) -> usize {
         if self.config.redis_cluster {
-            shards.map(|shard| vec![shard]).collect()
+            usize::from(shard)
         } else {
-            vec![shards.collect()]
+            0
         }
     }
 
@@ -770,6 +804,19 @@ impl Cluster {
     }
 }
 
+/// The shards that share one log reader and one send queue. On a single Redis one read or
+/// script call may name every shard's keys, so one group serves them all and a quiet shard
+/// costs no round trip; on a Redis Cluster a call's keys must share a slot, so each shard
+/// is a group of its own.
+fn shard_groups(config: &ClusterConfig) -> Vec<Vec<u16>> {
+    let shards = 0..config.shards;
+    if config.redis_cluster {
+        shards.map(|shard| vec![shard]).collect()
+    } else {
+        vec![shards.collect()]
+    }
+}
+
 /// Shows a typing indicator, or with `seq` notes a `received`, from another node's entry.
 fn note_typing(engine: &Engine, entry: &redis::streams::StreamId) {
     let room = entry
@@ -846,11 +893,11 @@ impl Authority for Arc<Cluster> {
         &'a self,
         engine: &'a Engine,
         proposal: Proposal,
-    ) -> BoxFuture<'a, Result<Decided, Error>> {
+    ) -> BoxFuture<'a, Result<Decision, Error>> {
         Box::pin(async move {
             match proposal {
-                Proposal::Post { room_id, post } => self.post(engine, &room_id, &post).await,
-                other => self.room_change(other).await,
+                Proposal::Post { room_id, post } => self.post(engine, room_id, post).await,
+                other => self.room_change(other).await.map(Decision::Made),
             }
         })
     }
@@ -883,16 +930,19 @@ impl Authority for Arc<Cluster> {
 
     fn duties<'a>(&'a self, engine: &'a Engine) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let followers = self
-                .reader_groups()
-                .into_iter()
-                .map(|shards| {
-                    let (cluster, engine) = (self.clone(), engine.clone());
-                    smol::spawn(async move { cluster.follow(&engine, &shards).await })
-                })
-                .collect::<Vec<_>>();
+            let mut tasks = Vec::new();
+            for (group, shards) in shard_groups(&self.config).into_iter().enumerate() {
+                let (cluster, engine) = (self.clone(), engine.clone());
+                tasks.push(smol::spawn(async move {
+                    cluster.follow(&engine, &shards).await
+                }));
+                let cluster = self.clone();
+                tasks.push(smol::spawn(async move {
+                    cluster.send_queued(&cluster.sends[group]).await
+                }));
+            }
             self.keep_up(engine).await;
-            drop(followers);
+            drop(tasks);
             std::future::pending::<()>().await
         })
     }

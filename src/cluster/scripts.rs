@@ -25,10 +25,13 @@
 //! change that was already made appends nothing and answers `unchanged` with the log's
 //! last id, so the caller can wait until its node has applied everything up to there.
 
+use std::sync::Arc;
+
 use redis::{Script, ScriptInvocation};
 use sha2::{Digest, Sha256};
 
-use crate::protocol::RoomId;
+use crate::engine::{Judged, Verdict};
+use crate::protocol::{RoomId, UserId};
 
 /// The shard that holds the keys and log entries of `id`: a room's, or a user's
 /// disconnects.
@@ -62,14 +65,35 @@ impl RoomKeys {
     /// `script` with these keys in the order every script takes them, and the room id as
     /// its first argument.
     pub fn invoke<'a>(&self, script: &'a Script, room_id: &RoomId) -> ScriptInvocation<'a> {
-        let mut invocation = script.key(&self.room);
-        invocation
-            .key(&self.members)
-            .key(&self.dedup)
-            .key(&self.log)
-            .arg(room_id.as_str());
+        let mut invocation = script.prepare_invoke();
+        self.add_to(&mut invocation);
+        invocation.arg(room_id.as_str());
         invocation
     }
+
+    fn add_to(&self, invocation: &mut ScriptInvocation<'_>) {
+        invocation
+            .key(&self.room)
+            .key(&self.members)
+            .key(&self.dedup)
+            .key(&self.log);
+    }
+}
+
+/// One message (or change to one) for the send script to decide.
+pub struct SendArgs {
+    pub keys: RoomKeys,
+    pub room_id: RoomId,
+    /// `None` for RouteAPI.
+    pub sender: Option<UserId>,
+    /// The [`dedup_field`], empty for none.
+    pub dedup: String,
+    /// The asking node's last stamp in the room: Redis never goes below it.
+    pub floor: (u64, u64),
+    /// The JSON `Post`.
+    pub body: Arc<str>,
+    /// For a message change: how the asking node judged it.
+    pub change: Option<Judged>,
 }
 
 pub fn log_key(shard: u16) -> String {
@@ -110,48 +134,62 @@ local function now_ms()
 end
 "#;
 
-/// KEYS: room, members, dedup, log. ARGV: room id, sender ('' for RouteAPI), dedup field
-/// ('' for none), floor seq, floor ts (the asking node's last; never go below them), max
-/// log length, message body, then for a message change: the target's seq ('' for a new
-/// message), its change count on the asking node ('' when that node does not have it yet),
-/// and '1' when the node judged that the change changes nothing.
+/// Decides any number of messages, or changes to messages, in one call: how a node sends
+/// everything that queued up while its previous call was out (see `sends.rs`). KEYS: room,
+/// members, dedup and log of each send in turn. ARGV: the append spec, then nine per send
+/// in [`SendArgs`]'s order: room id, sender ('' for RouteAPI), dedup field ('' for none),
+/// floor seq and floor ts (the asking node's last; never go below them), message body, and
+/// for a message change the target's seq ('' for a new message), its change count on the
+/// asking node ('' when that node does not have it yet), and '1' when the node judged that
+/// the change changes nothing.
 ///
 /// A change is accepted only if the target has had exactly as many changes here as on the
 /// asking node, whose rules judged it; otherwise it answers `stale` with the log's last id,
 /// and the node catches up to there and judges again. Each accepted change counts one more
 /// for its target, in the dedup hash under `t<seq>` (no dedup field starts with a letter).
-/// Answers `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`, `{'nothing', last id}`,
-/// `{'stale', last id}`, or an error word.
+/// Answers, one per send: `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`,
+/// `{'nothing', last id}`, `{'stale', last id}`, or an error word.
 const SEND: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {'not_found'} end
-if ARGV[2] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
-  return {'not_member'}
-end
-if ARGV[3] ~= '' then
-  local known = redis.call('HGET', KEYS[3], ARGV[3])
-  if known then
-    local seq, ts = string.match(known, '^(%d+) (%d+)$')
-    return {'repeat', seq, ts, last_id(KEYS[4])}
+local now = now_ms()
+local function send(room, members, dedup, log, room_id, sender, field, floor_seq, floor_ts,
+                    body, target, version, nothing)
+  if redis.call('HGET', room, 'state') ~= 'open' then return {'not_found'} end
+  if sender ~= '' and redis.call('SISMEMBER', members, sender) == 0 then
+    return {'not_member'}
   end
-end
-local last = redis.call('HMGET', KEYS[1], 'seq', 'ts')
-if ARGV[8] ~= '' then
-  if ARGV[9] == '' then
-    if tonumber(ARGV[8]) > tonumber(last[1]) then return {'no_message', ARGV[8]} end
-    return {'stale', last_id(KEYS[4])}
+  if field ~= '' then
+    local known = redis.call('HGET', dedup, field)
+    if known then
+      local seq, ts = string.match(known, '^(%d+) (%d+)$')
+      return {'repeat', seq, ts, last_id(log)}
+    end
   end
-  local changes = tonumber(redis.call('HGET', KEYS[3], 't' .. ARGV[8]) or '0')
-  if changes ~= tonumber(ARGV[9]) then return {'stale', last_id(KEYS[4])} end
-  if ARGV[10] == '1' then return {'nothing', last_id(KEYS[4])} end
-  redis.call('HINCRBY', KEYS[3], 't' .. ARGV[8], 1)
+  local last = redis.call('HMGET', room, 'seq', 'ts')
+  if target ~= '' then
+    if version == '' then
+      if tonumber(target) > tonumber(last[1]) then return {'no_message', target} end
+      return {'stale', last_id(log)}
+    end
+    local changes = tonumber(redis.call('HGET', dedup, 't' .. target) or '0')
+    if changes ~= tonumber(version) then return {'stale', last_id(log)} end
+    if nothing == '1' then return {'nothing', last_id(log)} end
+    redis.call('HINCRBY', dedup, 't' .. target, 1)
+  end
+  local seq = math.max(tonumber(last[1]), tonumber(floor_seq)) + 1
+  local ts = math.max(now, tonumber(last[2]) + 1, tonumber(floor_ts) + 1)
+  seq, ts = string.format('%d', seq), string.format('%d', ts)
+  redis.call('HSET', room, 'seq', seq, 'ts', ts)
+  if field ~= '' then redis.call('HSET', dedup, field, seq .. ' ' .. ts) end
+  local id = append(log, ARGV[1], 'room', room_id, 'seq', seq, 'ts', ts, 'message', body)
+  return {'new', seq, ts, id}
 end
-local seq = math.max(tonumber(last[1]), tonumber(ARGV[4])) + 1
-local ts = math.max(now_ms(), tonumber(last[2]) + 1, tonumber(ARGV[5]) + 1)
-seq, ts = string.format('%d', seq), string.format('%d', ts)
-redis.call('HSET', KEYS[1], 'seq', seq, 'ts', ts)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[3], seq .. ' ' .. ts) end
-local id = append(KEYS[4], ARGV[6], 'room', ARGV[1], 'seq', seq, 'ts', ts, 'message', ARGV[7])
-return {'new', seq, ts, id}
+local answers = {}
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = i * 4, 1 + i * 9
+  answers[i + 1] = send(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+                        unpack(ARGV, a + 1, a + 9))
+end
+return answers
 "#;
 
 /// KEYS: room, members, dedup, log. ARGV: room id, kind, owner ('' for none), max log length,
@@ -214,7 +252,7 @@ return append(KEYS[1], ARGV[2], 'user', ARGV[1], 'revoke', ARGV[3], 'at', at)
 /// The scripts, each loaded into Redis once per connection (EVALSHA, then EVAL on
 /// NOSCRIPT, which `redis::Script` does by itself).
 pub struct Scripts {
-    pub send: Script,
+    send: Script,
     pub create: Script,
     pub join: Script,
     pub leave: Script,
@@ -235,6 +273,34 @@ impl Scripts {
             read: script(READ),
             disconnect: script(DISCONNECT),
         }
+    }
+
+    /// One call of the send script that decides every one of `sends`, in order.
+    pub fn send<'a>(&'a self, sends: &[SendArgs], append_spec: &str) -> ScriptInvocation<'a> {
+        let mut invocation = self.send.prepare_invoke();
+        invocation.arg(append_spec);
+        for send in sends {
+            let (target, version, nothing) = match &send.change {
+                None => (String::new(), String::new(), false),
+                Some(judged) => (
+                    judged.target_seq.to_string(),
+                    judged.version.map(|v| v.to_string()).unwrap_or_default(),
+                    judged.verdict == Verdict::Nothing,
+                ),
+            };
+            send.keys.add_to(&mut invocation);
+            invocation
+                .arg(send.room_id.as_str())
+                .arg(send.sender.as_ref().map_or("", UserId::as_str))
+                .arg(&send.dedup)
+                .arg(send.floor.0)
+                .arg(send.floor.1)
+                .arg(&*send.body)
+                .arg(target)
+                .arg(version)
+                .arg(if nothing { "1" } else { "0" });
+        }
+        invocation
     }
 }
 

@@ -7,20 +7,21 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::change::{Decided, Proposal};
+use super::change::{Decision, Proposal};
 use super::Engine;
 use crate::error::Error;
 use crate::protocol::{RoomId, UserId};
 
 /// Who decides changes, and what comes with that duty.
 pub trait Authority: Send + Sync + 'static {
-    /// Decides `proposal` and sees that `engine` applies it. Resolves once it is decided;
-    /// the decision's `durable` resolves once the change is durable and visible here.
+    /// Decides `proposal` and sees that `engine` applies it. Resolves once it is decided,
+    /// or queued in order behind what the caller proposed before; the decision's `durable`
+    /// resolves once the change is durable and visible here.
     fn decide<'a>(
         &'a self,
         engine: &'a Engine,
         proposal: Proposal,
-    ) -> BoxFuture<'a, Result<Decided, Error>>;
+    ) -> BoxFuture<'a, Result<Decision, Error>>;
 
     /// Decides a disconnect of `user` (with `revoke`, of their tokens too) and sees that
     /// every node applies it with [`Engine::apply_disconnect`]; resolves once this node has.

@@ -4,10 +4,12 @@
 //! room's lock on one node, or by Redis in cluster mode, whose logs carry it (as JSON) to
 //! every node.
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::room::Stamp;
+use crate::error::Error;
 use crate::protocol::{MessageKind, RoomId, RoomKind, UserId};
 
 /// A change a request asks for, not yet decided.
@@ -162,4 +164,21 @@ pub struct Decided {
     /// The message's seq and ts, for a post that was made now or before.
     pub stamp: Option<Stamp>,
     pub durable: super::Durable,
+}
+
+/// How an authority takes a proposal: decided at once, or queued behind the proposals
+/// its caller made before, with the decision to follow. Queuing lets one connection have
+/// many sends under way where deciding takes a round trip (cluster mode's script calls).
+pub enum Decision {
+    Made(Decided),
+    Queued(BoxFuture<'static, Result<Decided, Error>>),
+}
+
+impl Decision {
+    pub async fn decided(self) -> Result<Decided, Error> {
+        match self {
+            Decision::Made(decided) => Ok(decided),
+            Decision::Queued(decision) => decision.await,
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::authority::Authority;
-use super::change::{Change, Decided, Made, Post, Proposal};
+use super::change::{Change, Decided, Decision, Made, Post, Proposal};
 use super::changes::{judge_in_room, Judging};
 use super::commit::Durable;
 use super::room::{DedupKey, Room, RoomState};
@@ -30,8 +30,8 @@ impl Authority for Local {
         &'a self,
         engine: &'a Engine,
         proposal: Proposal,
-    ) -> BoxFuture<'a, Result<Decided, Error>> {
-        Box::pin(engine.decide_locally(proposal))
+    ) -> BoxFuture<'a, Result<Decision, Error>> {
+        Box::pin(async move { engine.decide_locally(proposal).await.map(Decision::Made) })
     }
 
     fn disconnect<'a>(

@@ -1,9 +1,9 @@
 //! Sending messages, read markers, typing, and the user's room list with unread counts.
 
-use super::change::{Decided, Made, Post, Proposal};
+use super::change::{Decided, Decision, Made, Post, Proposal};
 use super::records::stored_id;
 use super::room::{DedupKey, Room, Stamp};
-use super::{Durable, Engine, Priority};
+use super::{Engine, Priority};
 use crate::error::Error;
 use crate::protocol::{encode, NewMessage, RoomId, RoomView, RoomsPage, ServerFrame, UserId};
 
@@ -14,26 +14,18 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// A send (or change) with its seq assigned and its write queued, not yet durable.
-pub struct Accepted {
-    /// `None` for a change that changes nothing (answered `ok`).
-    sent: Option<Sent>,
-    durable: Durable,
-}
+/// A send (or change) decided, or queued for its decision in order, not yet durable.
+pub struct Accepted(Decision);
 
 impl Accepted {
-    /// Waits until the message is durable (and so visible and pushed).
+    /// Waits until the message is decided and durable (and so visible and pushed); `None`
+    /// for a change that changes nothing (answered `ok`).
     pub async fn durable(self) -> Result<Option<Sent>, Error> {
-        self.durable.wait().await?;
-        Ok(self.sent)
-    }
-
-    fn of(decided: Decided) -> Result<Accepted, Error> {
         let Decided {
             made,
             stamp,
             durable,
-        } = decided;
+        } = self.0.decided().await?;
         let sent = match (made, stamp) {
             (Made::Nothing, _) => None,
             (made, Some(stamp)) => Some(Sent {
@@ -42,7 +34,8 @@ impl Accepted {
             }),
             (_, None) => return Err(Error::Internal("a post was decided with no seq".into())),
         };
-        Ok(Accepted { sent, durable })
+        durable.wait().await?;
+        Ok(sent)
     }
 }
 
@@ -63,9 +56,10 @@ impl Engine {
         sent.ok_or_else(|| Error::Internal("a send changed nothing".into()))
     }
 
-    /// The first half of [`Engine::send`]: assigns the seq and queues the write, without
-    /// waiting for the disk, so one connection can have many sends in flight. Sends accepted
-    /// one after another from one caller get increasing seqs.
+    /// The first half of [`Engine::send`]: assigns the seq and queues the write (or, in
+    /// cluster mode, queues the send for Redis to decide), without waiting for either, so
+    /// one connection can have many sends in flight. Sends accepted one after another from
+    /// one caller get increasing seqs.
     pub async fn accept_send(
         &self,
         room_id: &RoomId,
@@ -91,7 +85,9 @@ impl Engine {
         post: Post,
     ) -> Result<Accepted, Error> {
         let room_id = room_id.clone();
-        Accepted::of(self.propose(Proposal::Post { room_id, post }).await?)
+        Ok(Accepted(
+            self.queue(Proposal::Post { room_id, post }).await?,
+        ))
     }
 
     /// The stamp a repeated `client_msg_id` was first answered with, from disk.

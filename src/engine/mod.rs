@@ -38,7 +38,7 @@ use std::time::Duration;
 
 pub use apply::Applied;
 pub use authority::Authority;
-pub use change::{Amendment, Change, Decided, Made, Post, Proposal};
+pub use change::{Amendment, Change, Decided, Decision, Made, Post, Proposal};
 pub use changes::Judged;
 pub use commit::{Completion, Durable};
 pub use connections::{close_code, Connection, ConnectionQueues, Outbound, Priority};
@@ -171,6 +171,11 @@ impl Engine {
     }
 
     async fn propose(&self, proposal: Proposal) -> Result<Decided, Error> {
+        self.queue(proposal).await?.decided().await
+    }
+
+    /// Has `proposal` decided, or queued behind this caller's earlier ones.
+    async fn queue(&self, proposal: Proposal) -> Result<Decision, Error> {
         self.inner.authority.decide(self, proposal).await
     }
 

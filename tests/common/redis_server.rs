@@ -122,6 +122,27 @@ pub fn command_reply(port: u16, command: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&reply).trim_end().to_owned())
 }
 
+/// How many times Redis has run scripts (`EVAL` and `EVALSHA`) since it started or since
+/// `CONFIG RESETSTAT`.
+pub fn script_calls(port: u16) -> u64 {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_eval:") || line.starts_with("cmdstat_evalsha:"))
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A Redis Cluster of `masters` masters and no replicas, made with
 /// `redis-cli --cluster create`.
 pub struct RedisCluster {
