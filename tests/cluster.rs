@@ -134,6 +134,17 @@ impl Node {
     }
 }
 
+/// A Redis and two nodes on it, which most tests start with. The caller keeps the Redis
+/// alive by holding it.
+fn redis_and_two_nodes() -> (RedisServer, Node, Node) {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
+    );
+    (redis, a, b)
+}
+
 fn post(node: &Node, room: &str, body: Value) -> (u16, Value) {
     node.rest("POST", &format!("/v1/rooms/{room}/messages"), Some(body))
 }
@@ -143,11 +154,7 @@ fn rest_changes_and_messages_reach_every_node_once_in_order() {
     if !available("rest_changes_and_messages_reach_every_node_once_in_order") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, b) = redis_and_two_nodes();
 
     // REST on either node, retried on the other: one room, one membership.
     let put_room = |node: &Node| {
@@ -253,11 +260,7 @@ fn concurrent_senders_on_two_nodes_share_one_gapless_order() {
     if !available("concurrent_senders_on_two_nodes_share_one_gapless_order") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, b) = redis_and_two_nodes();
     a.create_room("busy", "u1");
     b.add_member("busy", "u2");
     a.add_member("busy", "listener");
@@ -374,11 +377,7 @@ fn redis_killed_and_restarted_under_load_loses_no_acknowledged_message() {
     if !available("redis_killed_and_restarted_under_load_loses_no_acknowledged_message") {
         return;
     }
-    let mut redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (mut redis, a, b) = redis_and_two_nodes();
     a.create_room("load", "driver");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders = [
@@ -435,11 +434,7 @@ fn a_node_killed_and_restarted_catches_up_by_itself() {
     if !available("a_node_killed_and_restarted_catches_up_by_itself") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, mut b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, mut b) = redis_and_two_nodes();
     a.create_room("trip", "driver");
     a.post_message("trip", json!({"text": "before"}));
     b.history_of_size("trip", 1);
@@ -532,11 +527,7 @@ fn message_changes_are_decided_once_and_reach_every_node() {
     if !available("message_changes_are_decided_once_and_reach_every_node") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, b) = redis_and_two_nodes();
     assert_eq!(
         a.rest("PUT", "/v1/rooms/r-ch", Some(json!({"owner_id": "driver"})))
             .0,
@@ -710,11 +701,7 @@ fn every_node_names_the_cluster_epoch_and_resumes_what_another_took() {
     if !available("every_node_names_the_cluster_epoch_and_resumes_what_another_took") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, b) = redis_and_two_nodes();
     a.create_room("r-ep", "driver");
     a.add_member("r-ep", "rider");
     for i in 1..=3 {
@@ -767,11 +754,7 @@ fn messages_and_typing_of_rooms_on_every_shard_reach_the_other_node() {
     if !available("messages_and_typing_of_rooms_on_every_shard_reach_the_other_node") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, b) = redis_and_two_nodes();
     // Twelve rooms over the tests' four shards: every shard has some.
     let rooms: Vec<String> = (0..12).map(|i| format!("r-shard-{i}")).collect();
     for room in &rooms {
@@ -815,11 +798,7 @@ fn sends_queued_together_are_each_decided_once_and_answered() {
     if !available("sends_queued_together_are_each_decided_once_and_answered") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (redis, a, b) = redis_and_two_nodes();
     // Eight senders, each in a room of its own, so a script call carries sends of several
     // connections and several of each.
     const SENDERS: usize = 8;
@@ -1010,11 +989,7 @@ fn disconnect_and_revoke_reach_every_node() {
     if !available("disconnect_and_revoke_reach_every_node") {
         return;
     }
-    let redis = RedisServer::start();
-    let (a, mut b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
-    );
+    let (_redis, a, mut b) = redis_and_two_nodes();
     let now = chat_engine::protocol::now_ms() / 1000;
     let old = a.token_with(&json!({"sub": "rider", "exp": now + 3_600, "iat": now - 10}));
     let mut on_a = a.try_ws_token(&old).unwrap();

@@ -348,7 +348,7 @@ impl Cluster {
             body: body.clone(),
             change,
         };
-        self.sends[self.group_of(*shard)].queue(send).await
+        self.sends[group_of(&self.config, *shard)].queue(send).await
     }
 
     /// What the send script's `answer` to `posting` decided; `Err` with what to wait for
@@ -619,15 +619,6 @@ impl Cluster {
         }
     }
 
-    /// Which of [`shard_groups`] `shard` is in.
-    fn group_of(&self, shard: u16) -> usize {
-        if self.config.redis_cluster {
-            usize::from(shard)
-        } else {
-            0
-        }
-    }
-
     /// Reads the logs of `shards` from this node's positions and applies them, forever;
     /// reconnects with backoff when a read fails.
     async fn follow(&self, engine: &Engine, shards: &[u16]) {
@@ -809,11 +800,23 @@ impl Cluster {
 /// costs no round trip; on a Redis Cluster a call's keys must share a slot, so each shard
 /// is a group of its own.
 fn shard_groups(config: &ClusterConfig) -> Vec<Vec<u16>> {
-    let shards = 0..config.shards;
+    let mut groups: Vec<Vec<u16>> = Vec::new();
+    for shard in 0..config.shards {
+        let group = group_of(config, shard);
+        if groups.len() <= group {
+            groups.resize_with(group + 1, Vec::new);
+        }
+        groups[group].push(shard);
+    }
+    groups
+}
+
+/// Which of [`shard_groups`] `shard` is in.
+fn group_of(config: &ClusterConfig, shard: u16) -> usize {
     if config.redis_cluster {
-        shards.map(|shard| vec![shard]).collect()
+        usize::from(shard)
     } else {
-        vec![shards.collect()]
+        0
     }
 }
 
@@ -960,5 +963,17 @@ mod tests {
         assert_eq!(p("1700000000000-3").to_string(), "1700000000000-3");
         assert_eq!(LogPosition::parse("nope"), None);
         assert_eq!(LogPosition::default(), p("0-0"));
+    }
+
+    #[test]
+    fn one_group_on_a_single_redis_one_per_shard_on_a_redis_cluster() {
+        let mut config = ClusterConfig {
+            shards: 4,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(shard_groups(&config), [vec![0, 1, 2, 3]]);
+        config.redis_cluster = true;
+        assert_eq!(shard_groups(&config), [[0], [1], [2], [3]]);
+        assert_eq!(group_of(&config, 2), 2);
     }
 }
