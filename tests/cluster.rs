@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::redis_server::{available, command_reply, script_calls, RedisCluster, RedisServer};
+use common::tmpfs::Tmpfs;
 use common::{config_toml, seqs_of, Process};
 
 /// A node of a cluster on `redis_url`, with its own data directory.
@@ -33,11 +34,25 @@ impl Node {
 
     /// [`Node::start`] with more `[cluster]` keys.
     fn start_with(redis_url: &str, redis_cluster: bool, cluster_keys: &str) -> Node {
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            redis_url,
+            redis_cluster,
+            cluster_keys,
+        )
+    }
+
+    /// [`Node::start_with`] on the data directory `data`.
+    fn start_in(
+        data: tempfile::TempDir,
+        redis_url: &str,
+        redis_cluster: bool,
+        cluster_keys: &str,
+    ) -> Node {
         let config = config_toml(&format!(
             "[limits]\nsend_rate = 10000\n[cluster]\nredis_url = \"{redis_url}\"\n\
              redis_cluster = {redis_cluster}\nshards = 4\n{cluster_keys}\n"
         ));
-        let data = tempfile::tempdir().unwrap();
         let process = Process::start(data.path(), &config);
         let node = Node {
             process,
@@ -456,6 +471,60 @@ fn a_node_killed_and_restarted_catches_up_by_itself() {
     let mut rider = b.ws("late-rider");
     assert_eq!(rider.send_msg("trip", "back")["seq"], 32);
     assert_eq!(a.history_of_size("trip", 32)[&32]["text"], "back");
+}
+
+/// A node whose disk fills cannot apply the logs: it turns not ready and skips nothing.
+/// Once space returns it applies every entry it could not, in order, by itself, while the
+/// rest of the cluster went on serving. Runs on a real, small tmpfs.
+#[test]
+fn a_node_whose_disk_fills_catches_up_once_space_returns() {
+    if !available("a_node_whose_disk_fills_catches_up_once_space_returns") {
+        return;
+    }
+    // RocksDB resumes after a full disk once the free space exceeds its write buffer.
+    let Some(disk) = Tmpfs::mount(128) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), false);
+    let b = Node::start_in(
+        tempfile::tempdir_in(disk.path()).unwrap(),
+        &redis.url(),
+        false,
+        "",
+    );
+    a.create_room("trip", "driver");
+    b.wait_for_members("trip", 1);
+    let filler = disk.fill_leaving(512 * 1024);
+    // 2 MB of messages, four times what B's disk has left.
+    let text = |i: usize| format!("{i:04}-{}", "x".repeat(10_000));
+    let acked: Vec<(u64, String)> = (0..200)
+        .map(|i| {
+            let message = a.post_message("trip", json!({"text": text(i)}));
+            (message["seq"].as_u64().unwrap(), text(i))
+        })
+        .collect();
+    b.wait_ready(false);
+    assert!(
+        b.history("trip").len() < acked.len(),
+        "B's disk filled before it had applied everything"
+    );
+    assert!(a.ready(), "the node with space serves on");
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.ready() {
+        assert!(
+            Instant::now() < deadline,
+            "B did not recover within 60 s of freeing space: {}",
+            b.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_holds(&b, "trip", &acked);
+    let mut rider = b.ws("driver");
+    assert_eq!(rider.send_msg("trip", "after")["seq"], 201);
+    assert_eq!(a.history_of_size("trip", 201)[&201]["text"], "after");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::tmpfs::Tmpfs;
 use common::*;
 use serde_json::{json, Value};
 
@@ -786,57 +787,6 @@ fn retention_deletes_old_messages_and_the_seq_goes_on() {
     assert_eq!(find_room(&rooms, "r1").unwrap()["unread"], 1, "{rooms:?}");
 }
 
-/// A tmpfs mounted on a temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `megabytes`, or returns None where mounting is not permitted (not
-    /// root). As root, a failed mount is a test failure.
-    fn mount(megabytes: u32) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if status.as_ref().is_ok_and(|s| s.success()) {
-            return Some(Tmpfs { dir });
-        }
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
-        assert!(!root, "mount -t tmpfs failed as root: {status:?}");
-        None
-    }
-
-    /// Fills the file system but for about `leave` bytes; returns the filler's path.
-    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        let mut written = 0u64;
-        while file.write_all(&chunk).is_ok() {
-            written += chunk.len() as u64;
-        }
-        file.set_len(written.saturating_sub(leave)).unwrap();
-        file.sync_all().unwrap();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// A full disk: sends get `unavailable` (never a false `sent`) and `/readyz` 503; once space
 /// returns the server recovers by itself, with no seq gap, and after SIGKILL and restart
 /// every acknowledged message is there. Runs on a real, small tmpfs.
@@ -850,7 +800,7 @@ fn full_disk_answers_unavailable_loses_nothing_and_recovers() {
         );
         return;
     };
-    let data = disk.dir.path().join("data");
+    let data = disk.path().join("data");
     let config = config_toml("[limits]\nsend_rate = 1000000\nmax_message_bytes = 20000\n");
     let mut p = Process::start(&data, &config);
     p.create_room("r1", "s0");

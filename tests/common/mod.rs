@@ -5,6 +5,7 @@
 pub mod receiver;
 pub mod redis_server;
 pub mod room_script;
+pub mod tmpfs;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
