@@ -173,18 +173,6 @@ impl Pending {
     }
 }
 
-/// What the follower applied from one read, on its way to disk.
-#[derive(Default)]
-struct InFlight {
-    completions: Vec<Completion>,
-    /// Each shard's last entry applied.
-    reached: Vec<(u16, LogPosition)>,
-    /// Shards whose read reached the log's end.
-    read_to_end: Vec<u16>,
-    /// The previous positions' write, still committing.
-    positions: Option<Completion>,
-}
-
 impl Cluster {
     /// Reads this node's log positions; connects later, in [`Cluster::keep_up`].
     pub fn new(config: &ClusterConfig, storage: &Storage) -> Result<Cluster, StartError> {
@@ -678,32 +666,21 @@ impl Cluster {
                     }
                 }
             }
-            // Reading the next entries overlaps committing the last ones: the read is in
-            // flight while `in_flight` waits for its group commit, and a read's entries are
-            // applied once the entries before them are durable (or known to have failed,
-            // which rolls rooms back and makes the follower read them again).
-            let mut read_to = self.positions(shards);
-            let mut at_end = false;
-            let mut in_flight = InFlight::default();
             // A node out of sync stops applying until an operator repairs it.
             while self.broken().is_none() {
-                let mut from: Vec<String> = read_to.iter().map(ToString::to_string).collect();
+                let mut from: Vec<String> = shards
+                    .iter()
+                    .map(|&shard| self.progress(shard).position().to_string())
+                    .collect();
                 from.extend(typing_from.iter().cloned());
                 // Until every log has been read to its end, reads do not wait for new
                 // entries: a node on an empty or short log is ready at once, not after a block.
-                let options = if at_end { &blocking } else { &at_once };
-                let reading =
-                    conn.xread_options::<_, _, Option<StreamReadReply>>(&keys, &from, options);
-                let (read, finished) =
-                    smol::future::zip(reading, self.finish(engine, &mut in_flight)).await;
-                if let Err(e) = finished {
-                    log::warn!(
-                        "cluster: applying the logs of shards {shards:?} failed, retrying: {e}"
-                    );
-                    smol::Timer::after(backoff(3)).await;
-                    read_to = self.positions(shards);
-                    continue;
-                }
+                let caught_up = shards
+                    .iter()
+                    .all(|&shard| self.progress(shard).caught_up.load(Ordering::Acquire));
+                let options = if caught_up { &blocking } else { &at_once };
+                let read: Result<Option<StreamReadReply>, _> =
+                    conn.xread_options(&keys, &from, options).await;
                 let streams = match read {
                     Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
                     Err(e) => {
@@ -727,93 +704,51 @@ impl Cluster {
                         batches[i].1 = stream.ids;
                     }
                 }
-                at_end = batches
-                    .iter()
-                    .all(|(_, entries)| entries.len() < READ_COUNT);
-                for (i, (_, entries)) in batches.iter().enumerate() {
-                    if let Some(last) = entries.last().and_then(|e| LogPosition::parse(&e.id)) {
-                        read_to[i] = last;
-                    }
-                }
-                if let Err(e) = self.apply_batches(engine, batches, &mut in_flight).await {
+                if let Err(e) = self.apply_batches(engine, batches).await {
                     log::warn!(
                         "cluster: applying the logs of shards {shards:?} failed, retrying: {e}"
                     );
                     smol::Timer::after(backoff(3)).await;
-                    // What was applied is seen through; the rest is read again.
-                    let _ = self.finish(engine, &mut in_flight).await;
-                    read_to = self.positions(shards);
                 }
             }
-            // Whatever was applied is seen through, so its callers hear the outcome.
-            let _ = self.finish(engine, &mut in_flight).await;
             smol::Timer::after(backoff(attempt)).await;
             attempt += 1;
         }
     }
 
-    /// How far this node has durably applied each of `shards`: where reading them starts.
-    fn positions(&self, shards: &[u16]) -> Vec<LogPosition> {
-        shards
-            .iter()
-            .map(|&shard| self.progress(shard).position())
-            .collect()
-    }
-
-    /// Applies each shard's `entries` in order into `in_flight`.
+    /// Applies each shard's `entries` in order, waits until they are durable, then records
+    /// how far every shard got, in one commit.
     async fn apply_batches(
         &self,
         engine: &Engine,
         batches: Vec<(u16, Vec<redis::streams::StreamId>)>,
-        in_flight: &mut InFlight,
     ) -> Result<(), Error> {
+        let mut completions = Vec::new();
+        let mut reached = Vec::new();
+        let mut read_to_end = Vec::new();
         for (shard, entries) in batches {
             if entries.len() < READ_COUNT {
-                in_flight.read_to_end.push(shard);
+                read_to_end.push(shard);
             }
             let Some(last) = entries.last().and_then(|e| LogPosition::parse(&e.id)) else {
                 continue;
             };
-            self.apply_entries(engine, shard, &entries, &mut in_flight.completions)
+            self.apply_entries(engine, shard, &entries, &mut completions)
                 .await?;
-            in_flight.reached.push((shard, last));
+            reached.push((shard, last));
         }
-        Ok(())
-    }
-
-    /// Waits until what `in_flight` applied is durable, then moves every shard's position
-    /// (which answers the callers waiting for it) and queues the positions' write, which
-    /// shares the next group commit: a node that stops before it lands applies those
-    /// entries again, which changes nothing.
-    async fn finish(&self, engine: &Engine, in_flight: &mut InFlight) -> Result<(), Error> {
-        let InFlight {
-            completions,
-            reached,
-            read_to_end,
-            positions,
-        } = std::mem::take(in_flight);
-        let mut failed = None;
         for completion in completions {
-            if let Err(e) = completion.wait().await {
-                failed.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failed {
-            in_flight.positions = positions;
-            return Err(e);
-        }
-        if let Some(written) = positions {
-            if let Err(e) = written.wait().await {
-                log::warn!("cluster: recording the log positions failed: {e}");
-            }
+            completion.wait().await?;
         }
         if !reached.is_empty() {
             let mut batch = Batch::new();
             for &(shard, last) in &reached {
                 batch.cluster_position(shard, (last.0, last.1));
+            }
+            engine.persist(batch).await?;
+            for (shard, last) in reached {
                 self.progress(shard).advance(last);
             }
-            in_flight.positions = Some(engine.persist_behind(batch).await);
         }
         for shard in read_to_end {
             self.progress(shard)

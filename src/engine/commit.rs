@@ -143,15 +143,8 @@ impl Engine {
 
     /// Writes `batch` (no room's state is built on it) and waits until it is durable.
     pub async fn persist(&self, batch: Batch) -> Result<(), Error> {
-        self.persist_behind(batch).await.wait().await
-    }
-
-    /// Queues `batch` (no room's state is built on it) behind every write submitted before
-    /// it, without waiting for it to commit: it shares the next group commit with whatever
-    /// comes after it.
-    pub async fn persist_behind(&self, batch: Batch) -> Completion {
         let slot = self.inner.writer.reserve().await;
-        self.submit_unbound(slot, batch, || {})
+        self.submit_unbound(slot, batch, || {}).wait().await
     }
 
     /// Gives `events` to every subscriber, in order.
