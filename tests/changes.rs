@@ -403,15 +403,11 @@ fn rest_edits_deletes_and_reads_single_messages() {
 
 #[test]
 fn targets_keep_their_state_across_a_restart_and_beyond_the_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let configure = |c: &mut chat_engine::Config| {
-        c.storage.path = data.clone();
+    let server = TestServer::start_with(|c| {
         c.history.cache_per_room = 4;
         c.limits.send_rate = 10_000;
-    };
+    });
     {
-        let server = TestServer::start_with(configure);
         let mut clients = room_with(&server, "r-disk", "driver", &["rider"]);
         let [driver, rider] = &mut clients[..] else {
             unreachable!()
@@ -426,9 +422,8 @@ fn targets_keep_their_state_across_a_restart_and_beyond_the_cache() {
         rider.request_ok(react("r-disk", 1, "👍"), "sent");
         rider.request_ok(react("r-disk", 1, "👍"), "ok");
         driver.request_ok(react("r-disk", 11, "🔥"), "sent");
-        server.stop();
     }
-    let server = TestServer::start_with(configure);
+    let server = server.restart();
     let mut rider = server.ws("rider");
     let target = synced(&mut rider, "r-disk", 1);
     assert_eq!(target["text"], "old, edited");

@@ -74,19 +74,12 @@ fn idle_route_rooms_close_and_busy_joined_and_direct_rooms_stay_open() {
 
 #[test]
 fn a_restart_keeps_when_a_room_was_last_active() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let configure = |c: &mut chat_engine::Config| {
-        c.storage.path = data.clone();
-        c.rooms.close_after_idle_days = IDLE_DAYS * 3.0;
-    };
-    let server = TestServer::start_with(configure);
+    let server = TestServer::start_with(|c| c.rooms.close_after_idle_days = IDLE_DAYS * 3.0);
     server.create_room("kept", "driver");
     std::thread::sleep(Duration::from_secs(3));
     // The join is the room's latest activity; after a restart it still counts.
     server.add_member("kept", "rider");
-    server.stop();
-    let server = TestServer::start_with(configure);
+    let server = server.restart();
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
         server.rest("GET", "/v1/rooms/kept", None).0,

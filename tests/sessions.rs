@@ -163,10 +163,7 @@ fn disconnect_refuses_bad_input() {
 
 #[test]
 fn revoke_refuses_older_tokens_for_good_and_newer_ones_connect() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let configure = |c: &mut chat_engine::Config| c.storage.path = data.clone();
-    let server = TestServer::start_with(configure);
+    let server = TestServer::start();
     let old = server.token_with(&json!({"sub": "rider", "exp": now() + 3_600, "iat": now() - 10}));
     let without_iat = server.token_with(&json!({"sub": "rider", "exp": now() + 3_600}));
     let other =
@@ -199,9 +196,8 @@ fn revoke_refuses_older_tokens_for_good_and_newer_ones_connect() {
     let mut rider = connect(&server, &newer);
     rider.request_err(json!({"type": "auth", "token": old}), "unauthorized");
     rider.request_ok(json!({"type": "auth", "token": newer}), "ok");
-    server.stop();
 
-    let server = TestServer::start_with(configure);
+    let server = server.restart();
     assert_eq!(status_of(&server, &old), 401, "the revocation is durable");
     assert_eq!(status_of(&server, &newer), 101);
 }

@@ -319,6 +319,20 @@ pub struct TestServer {
     done: Option<mpsc::Receiver<()>>,
     thread: Option<JoinHandle<()>>,
     pub dir: tempfile::TempDir,
+    /// In cluster mode ([`cluster_mode`]), the Redis this server is a node on.
+    _redis: Option<redis_server::RedisServer>,
+}
+
+/// Whether the in-process servers run as cluster nodes, each on a Redis of its own:
+/// `CHAT_ENGINE_TEST_CLUSTER=1 cargo test --all-features` runs the protocol's tests in
+/// cluster mode.
+pub fn cluster_mode() -> bool {
+    let on = std::env::var("CHAT_ENGINE_TEST_CLUSTER").is_ok_and(|v| v == "1");
+    assert!(
+        !on || cfg!(feature = "redis"),
+        "CHAT_ENGINE_TEST_CLUSTER=1 needs the redis feature (cargo test --all-features)"
+    );
+    on
 }
 
 impl Deref for TestServer {
@@ -335,14 +349,35 @@ impl TestServer {
 
     pub fn start_with(configure: impl FnOnce(&mut chat_engine::Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().unwrap();
         let mut config = chat_engine::Config::default();
         config.storage.path = dir.path().join("data");
-        config.server.listen = addr.to_string();
         config.auth.jwt_secret = TEST_JWT_SECRET.to_owned();
         config.auth.api_keys = vec![TEST_API_KEY.to_owned()];
+        let redis = cluster_mode().then(redis_server::RedisServer::start);
+        if let Some(redis) = &redis {
+            config.cluster.redis_url = Some(redis.url());
+            config.cluster.shards = 4;
+        }
         configure(&mut config);
+        Self::launch(config, dir, redis)
+    }
+
+    /// Stops the server and starts it again with the same config and data (and in cluster
+    /// mode on the same Redis), on a new port.
+    pub fn restart(mut self) -> TestServer {
+        self.shutdown();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        Self::launch(self.config.clone(), dir, self._redis.take())
+    }
+
+    fn launch(
+        mut config: chat_engine::Config,
+        dir: tempfile::TempDir,
+        redis: Option<redis_server::RedisServer>,
+    ) -> TestServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        config.server.listen = addr.to_string();
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let (done_tx, done_rx) = mpsc::channel();
         let run_config = config.clone();
@@ -366,6 +401,7 @@ impl TestServer {
             done: Some(done_rx),
             thread: Some(thread),
             dir,
+            _redis: redis,
         };
         server.wait_healthy();
         server
@@ -379,10 +415,16 @@ impl TestServer {
                     panic!("server stopped during start-up");
                 }
             }
+            // A cluster node serves once it has found Redis and read the logs.
+            let probe = if self._redis.is_some() {
+                "/readyz"
+            } else {
+                "/healthz"
+            };
             let ok = self
                 .endpoint
                 .agent
-                .get(self.url("/healthz"))
+                .get(self.url(probe))
                 .call()
                 .map(|r| r.status().as_u16() == 200)
                 .unwrap_or(false);
@@ -391,7 +433,7 @@ impl TestServer {
             }
             assert!(
                 Instant::now() < deadline,
-                "server did not answer /healthz within 20 s"
+                "server did not answer {probe} within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
