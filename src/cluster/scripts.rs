@@ -136,23 +136,38 @@ end
 
 /// Decides any number of messages, or changes to messages, in one call: how a node sends
 /// everything that queued up while its previous call was out (see `sends.rs`). KEYS: room,
-/// members, dedup and log of each send in turn. ARGV: the append spec, then nine per send
+/// members, dedup and log of each send in turn. ARGV: the append spec, then ten per send
 /// in [`SendArgs`]'s order: room id, sender ('' for RouteAPI), dedup field ('' for none),
 /// floor seq and floor ts (the asking node's last; never go below them), message body, and
 /// for a message change the target's seq ('' for a new message), its change count on the
 /// asking node ('' when that node does not have it yet), and '1' when the node judged that
 /// the change changes nothing.
 ///
-/// A change is accepted only if the target has had exactly as many changes here as on the
-/// asking node, whose rules judged it; otherwise it answers `stale` with the log's last id,
-/// and the node catches up to there and judges again. Each accepted change counts one more
-/// for its target, in the dedup hash under `t<seq>` (no dedup field starts with a letter).
+/// A change is accepted if the target has had as many changes here as on the asking node,
+/// whose rules judged it, or if every change made since was neither a delete nor the same
+/// sender's: a change's verdict depends only on whether the target is deleted and on what
+/// its own sender did to it (their edit, their reaction), so many members reacting to one
+/// message at once are each decided in one call. Otherwise it answers `stale` with the log's
+/// last id, and the node catches up to there and judges again. Each accepted change counts
+/// one more for its target, in the dedup hash under `t<seq>`, and names who made it under
+/// `w<seq>:<count>` (`d` for a delete, else `c` and the sender; no dedup field starts with a
+/// letter). The tenth argument of a send is '1' for a delete.
 /// Answers, one per send: `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`,
 /// `{'nothing', last id}`, `{'stale', last id}`, or an error word.
 const SEND: &str = r#"
 local now = now_ms()
+-- Changes a decision may be overtaken by before it is judged again.
+local MAX_OVERTAKEN = 64
+local function still_holds(dedup, target, version, changes, sender)
+  if changes < version or changes - version > MAX_OVERTAKEN then return false end
+  for n = version + 1, changes do
+    local who = redis.call('HGET', dedup, 'w' .. target .. ':' .. n)
+    if not who or who == 'd' or who == 'c' .. sender then return false end
+  end
+  return true
+end
 local function send(room, members, dedup, log, room_id, sender, field, floor_seq, floor_ts,
-                    body, target, version, nothing)
+                    body, target, version, nothing, deletes)
   if redis.call('HGET', room, 'state') ~= 'open' then return {'not_found'} end
   if sender ~= '' and redis.call('SISMEMBER', members, sender) == 0 then
     return {'not_member'}
@@ -171,9 +186,13 @@ local function send(room, members, dedup, log, room_id, sender, field, floor_seq
       return {'stale', last_id(log)}
     end
     local changes = tonumber(redis.call('HGET', dedup, 't' .. target) or '0')
-    if changes ~= tonumber(version) then return {'stale', last_id(log)} end
+    if not still_holds(dedup, target, tonumber(version), changes, sender) then
+      return {'stale', last_id(log)}
+    end
     if nothing == '1' then return {'nothing', last_id(log)} end
-    redis.call('HINCRBY', dedup, 't' .. target, 1)
+    local count = redis.call('HINCRBY', dedup, 't' .. target, 1)
+    redis.call('HSET', dedup, 'w' .. target .. ':' .. count,
+               deletes == '1' and 'd' or 'c' .. sender)
   end
   local seq = math.max(tonumber(last[1]), tonumber(floor_seq)) + 1
   local ts = math.max(now, tonumber(last[2]) + 1, tonumber(floor_ts) + 1)
@@ -185,9 +204,9 @@ local function send(room, members, dedup, log, room_id, sender, field, floor_seq
 end
 local answers = {}
 for i = 0, #KEYS / 4 - 1 do
-  local k, a = i * 4, 1 + i * 9
+  local k, a = i * 4, 1 + i * 10
   answers[i + 1] = send(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
-                        unpack(ARGV, a + 1, a + 9))
+                        unpack(ARGV, a + 1, a + 10))
 end
 return answers
 "#;
@@ -280,12 +299,13 @@ impl Scripts {
         let mut invocation = self.send.prepare_invoke();
         invocation.arg(append_spec);
         for send in sends {
-            let (target, version, nothing) = match &send.change {
-                None => (String::new(), String::new(), false),
+            let (target, version, nothing, deletes) = match &send.change {
+                None => (String::new(), String::new(), false, false),
                 Some(judged) => (
                     judged.target_seq.to_string(),
                     judged.version.map(|v| v.to_string()).unwrap_or_default(),
                     judged.verdict == Verdict::Nothing,
+                    judged.deletes,
                 ),
             };
             send.keys.add_to(&mut invocation);
@@ -298,7 +318,8 @@ impl Scripts {
                 .arg(&*send.body)
                 .arg(target)
                 .arg(version)
-                .arg(if nothing { "1" } else { "0" });
+                .arg(if nothing { "1" } else { "0" })
+                .arg(if deletes { "1" } else { "0" });
         }
         invocation
     }

@@ -104,6 +104,8 @@ pub struct Judged {
     /// target yet (Redis then tells whether it exists).
     pub version: Option<u32>,
     pub verdict: Verdict,
+    /// Whether the change deletes its target, which every other change's verdict depends on.
+    pub deletes: bool,
 }
 
 impl Engine {
@@ -119,6 +121,7 @@ impl Engine {
             return Ok(None);
         };
         let target_seq = amendment.target_seq();
+        let deletes = matches!(amendment, Amendment::Delete { .. });
         let room = self.open_room(room_id).await?;
         let mut read = None;
         loop {
@@ -130,6 +133,7 @@ impl Engine {
                         target_seq,
                         version: None,
                         verdict: Verdict::Changes,
+                        deletes,
                     }));
                 }
                 judge_in_room(&room, &state, post, amendment, read.as_ref())?
@@ -140,6 +144,7 @@ impl Engine {
                         target_seq,
                         version: Some(target.changes),
                         verdict,
+                        deletes,
                     }))
                 }
                 Judging::OnDisk(commits) => {

@@ -2,8 +2,8 @@
 //! whether a change may be made and whether it would change anything, against the target's
 //! current state; [`changed`] computes the target's next state. Both modes use them: one node
 //! under the room's lock; in cluster mode the asking node, whose decision Redis accepts only
-//! if the target has not changed since (see the cluster's send script), and then every node
-//! applying the change.
+//! if nothing it depends on changed since (a delete, or the same sender's change; see the
+//! cluster's send script), and then every node applying the change.
 
 use super::change::{Amendment, Post};
 use crate::error::Error;
