@@ -739,6 +739,86 @@ fn message_changes_are_decided_once_and_reach_every_node() {
 /// script's room between steps and loads it again to apply or decide the next change, and
 /// the clients see exactly what they see when rooms stay (REST on one node, apps on the
 /// other).
+/// Reactions to one message through both nodes at once: each member's lands on the first
+/// decision (another member's change does not make it stale), while one member's same
+/// reaction sent through both nodes at once is stored once and answered `ok` the second
+/// time (their own change does).
+#[test]
+fn concurrent_reactions_through_two_nodes_are_each_decided_once() {
+    if !available("concurrent_reactions_through_two_nodes_are_each_decided_once") {
+        return;
+    }
+    let (_redis, a, b) = redis_and_two_nodes();
+    let riders: Vec<String> = (0..16).map(|i| format!("rider{i:02}")).collect();
+    a.create_room("r-react", "driver");
+    for rider in &riders {
+        a.add_member("r-react", rider);
+    }
+    b.wait_for_members("r-react", riders.len() + 1);
+    let mut driver = a.ws("driver");
+    assert_eq!(driver.send_msg("r-react", "pickup at 5")["seq"], 1);
+    b.history_of_size("r-react", 1);
+    let react = |reaction: &str| json!({"type": "react", "room_id": "r-react", "seq": 1, "reaction": reaction});
+
+    // Every rider's frame is written before any reply is read.
+    let mut clients: Vec<_> = riders
+        .iter()
+        .enumerate()
+        .map(|(i, rider)| if i % 2 == 0 { a.ws(rider) } else { b.ws(rider) })
+        .collect();
+    let ids: Vec<Value> = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(i, client)| {
+            let id = json!(format!("r{i}"));
+            let mut frame = react("👍");
+            frame["id"] = id.clone();
+            client.send_json(&frame);
+            id
+        })
+        .collect();
+    for (client, id) in clients.iter_mut().zip(&ids) {
+        let reply = client.wait_reply(id);
+        assert_eq!(reply["type"], "sent", "{reply}");
+    }
+
+    // One rider, the same reaction through both nodes at once, ten times over.
+    let mut on_a = a.ws("rider00");
+    let mut on_b = b.ws("rider00");
+    for round in 0..10 {
+        let reaction = format!("r{round}");
+        let (mut via_a, mut via_b) = (react(&reaction), react(&reaction));
+        via_a["id"] = json!(format!("a{round}"));
+        via_b["id"] = json!(format!("b{round}"));
+        on_a.send_json(&via_a);
+        on_b.send_json(&via_b);
+        let mut types = [
+            on_a.wait_reply(&via_a["id"])["type"].clone(),
+            on_b.wait_reply(&via_b["id"])["type"].clone(),
+        ];
+        types.sort_by_key(|t| t.to_string());
+        assert_eq!(types, [json!("ok"), json!("sent")], "round {round}");
+    }
+
+    let expected: Vec<&str> = riders.iter().map(String::as_str).collect();
+    for node in [&a, &b] {
+        let history = node.history_of_size("r-react", 1 + riders.len() + 10);
+        assert_eq!(
+            history.len(),
+            1 + riders.len() + 10,
+            "each change stored once"
+        );
+        let mut reactors: Vec<String> = history[&1]["reactions"]["👍"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect();
+        reactors.sort();
+        assert_eq!(reactors, expected);
+    }
+}
+
 #[test]
 fn a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed() {
     if !available("a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed") {
