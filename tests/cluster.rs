@@ -735,10 +735,6 @@ fn message_changes_are_decided_once_and_reach_every_node() {
     );
 }
 
-/// Rooms on demand across nodes: with room for one room in memory, every node unloads the
-/// script's room between steps and loads it again to apply or decide the next change, and
-/// the clients see exactly what they see when rooms stay (REST on one node, apps on the
-/// other).
 /// Reactions to one message through both nodes at once: each member's lands on the first
 /// decision (another member's change does not make it stale), while one member's same
 /// reaction sent through both nodes at once is stored once and answered `ok` the second
@@ -819,6 +815,10 @@ fn concurrent_reactions_through_two_nodes_are_each_decided_once() {
     }
 }
 
+/// Rooms on demand across nodes: with room for one room in memory, every node unloads the
+/// script's room between steps and loads it again to apply or decide the next change, and
+/// the clients see exactly what they see when rooms stay (REST on one node, apps on the
+/// other).
 #[test]
 fn a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed() {
     if !available("a_room_unloaded_on_every_node_behaves_as_if_it_had_stayed") {

@@ -140,8 +140,8 @@ end
 /// in [`SendArgs`]'s order: room id, sender ('' for RouteAPI), dedup field ('' for none),
 /// floor seq and floor ts (the asking node's last; never go below them), message body, and
 /// for a message change the target's seq ('' for a new message), its change count on the
-/// asking node ('' when that node does not have it yet), and '1' when the node judged that
-/// the change changes nothing.
+/// asking node ('' when that node does not have it yet), '1' when the node judged that the
+/// change changes nothing, and '1' when it deletes its target.
 ///
 /// A change is accepted if the target has had as many changes here as on the asking node,
 /// whose rules judged it, or if every change made since was neither a delete nor the same
@@ -151,7 +151,7 @@ end
 /// last id, and the node catches up to there and judges again. Each accepted change counts
 /// one more for its target, in the dedup hash under `t<seq>`, and names who made it under
 /// `w<seq>:<count>` (`d` for a delete, else `c` and the sender; no dedup field starts with a
-/// letter). The tenth argument of a send is '1' for a delete.
+/// letter).
 /// Answers, one per send: `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`,
 /// `{'nothing', last id}`, `{'stale', last id}`, or an error word.
 const SEND: &str = r#"

@@ -320,7 +320,7 @@ pub struct TestServer {
     thread: Option<JoinHandle<()>>,
     pub dir: tempfile::TempDir,
     /// In cluster mode ([`cluster_mode`]), the Redis this server is a node on.
-    _redis: Option<redis_server::RedisServer>,
+    redis: Option<redis_server::RedisServer>,
 }
 
 /// Whether the in-process servers run as cluster nodes, each on a Redis of its own:
@@ -367,7 +367,7 @@ impl TestServer {
     pub fn restart(mut self) -> TestServer {
         self.shutdown();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        Self::launch(self.config.clone(), dir, self._redis.take())
+        Self::launch(self.config.clone(), dir, self.redis.take())
     }
 
     fn launch(
@@ -401,7 +401,7 @@ impl TestServer {
             done: Some(done_rx),
             thread: Some(thread),
             dir,
-            _redis: redis,
+            redis,
         };
         server.wait_healthy();
         server
@@ -416,7 +416,7 @@ impl TestServer {
                 }
             }
             // A cluster node serves once it has found Redis and read the logs.
-            let probe = if self._redis.is_some() {
+            let probe = if self.redis.is_some() {
                 "/readyz"
             } else {
                 "/healthz"
