@@ -156,7 +156,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let ttl = chat_engine::auth::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
             println!(
                 "{}",
-                chat_engine::auth::issue_token(&config.auth.jwt_secret, &user, ttl)?
+                chat_engine::auth::issue_token(&config.auth, &user, ttl)?
             );
             Ok(())
         }

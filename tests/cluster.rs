@@ -1161,7 +1161,8 @@ fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
         Node::start_with(&redis.url(), false, &hooks),
         Node::start_with(&redis.url(), false, &hooks),
     );
-    a.create_room("r-wh", "driver");
+    let epoch = a.create_room("r-wh", "driver")["epoch"].clone();
+    let epoch = epoch.as_str().unwrap();
     a.add_member("r-wh", "rider");
     a.add_member("r-wh", "away");
     b.wait_for_members("r-wh", 3);
@@ -1193,10 +1194,11 @@ fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
     }
     assert!(ids.values().all(|n| *n == 1), "every event once: {ids:?}");
     for seq in 1..=4 {
-        assert!(ids.contains_key(&format!("message/r-wh/{seq}")), "{ids:?}");
+        let id = format!("message/{epoch}/r-wh/{seq}");
+        assert!(ids.contains_key(&id), "{ids:?}");
     }
     let notify = |seq: u64| {
-        let id = format!("notify/r-wh/{seq}");
+        let id = format!("notify/{epoch}/r-wh/{seq}");
         let found = events.iter().find(|e| e["id"] == id);
         found.map(|e| e["users"].clone()).unwrap_or_default()
     };

@@ -574,10 +574,12 @@ fn token_cmd(args: &[&str]) -> String {
     token.to_owned()
 }
 
+/// Also on a server that requires `iss` and `aud`: the printed token carries them.
 #[test]
 fn token_subcommand_prints_a_token_the_server_accepts() {
     let data = tempfile::tempdir().unwrap();
-    let p = Process::start(data.path(), &config_toml(""));
+    let strict = "issuer = \"https://id.example\"\naudience = \"chat\"";
+    let p = Process::start(data.path(), &config_toml(strict));
     p.create_room("r1", "u1");
     let config_path = p.config_path.to_str().unwrap().to_owned();
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use common::receiver::Receiver;
 use common::{config_toml, find_room, run_bin, seqs, Process, TestServer};
 
 fn resume(client: &mut common::Client, rooms: Value, limit: Option<u64>) -> Value {
@@ -211,11 +212,16 @@ fn a_room_whose_history_retention_cut_behind_the_cache_is_reset() {
 
 /// The epoch stays across restarts; `chat-engine restore` gives a new one, and refuses while
 /// a server runs on the directory, from something that is not a backup, and onto itself.
+/// The webhook event of a seq handed out again after the restore has a new `id`.
 #[test]
 fn restore_gives_a_new_epoch_and_refuses_what_it_must() {
     let dir = tempfile::tempdir().unwrap();
     let (data, backup) = (dir.path().join("data"), dir.path().join("backup"));
-    let config = config_toml("");
+    let receiver = Receiver::start();
+    let config = config_toml(&format!(
+        "[webhooks]\nurl = \"{}\"\nsecret = \"s\"\nevents = [\"message\"]\n",
+        receiver.url()
+    ));
     let config_file = dir.path().join("chat-engine.toml");
     std::fs::write(&config_file, &config).unwrap();
     let arg = |p: &std::path::Path| p.to_str().unwrap().to_owned();
@@ -304,6 +310,15 @@ fn restore_gives_a_new_epoch_and_refuses_what_it_must() {
     let reply = resume(&mut driver, cached, None);
     assert_eq!(ids(&reply["reset"]), ["r".to_owned()].into());
     assert_eq!(seqs_in(&reply, "r"), [1, 2]);
+    let events = receiver.wait_for("both second messages", |events| {
+        events.iter().filter(|e| e["message"]["seq"] == 2).count() == 2
+    });
+    let second: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["message"]["seq"] == 2)
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(second.len(), 2, "a new id for the new seq 2: {second:?}");
     drop(driver);
     drop(p);
     let again = restore(&backup);

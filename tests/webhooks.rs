@@ -81,10 +81,12 @@ fn events_arrive_signed_in_batches_and_in_commit_order() {
     let rooms = messages_by_room(&events);
     assert_eq!(rooms["a"], [1, 2, 3, 4, 5], "in commit order per room");
     assert_eq!(rooms["b"], [1, 2, 3, 4, 5]);
+    let epoch = server.rest("GET", "/v1/rooms/a", None).1["epoch"].clone();
+    let epoch = epoch.as_str().unwrap();
     let message = events.iter().find(|e| e["type"] == "message").unwrap();
     assert_eq!(
         message["id"],
-        format!("message/{}/1", message["room_id"].as_str().unwrap())
+        format!("message/{epoch}/{}/1", message["room_id"].as_str().unwrap())
     );
     assert!(message["ts"].as_u64().unwrap() > 0);
     assert_eq!(message["message"]["kind"], "system");
@@ -101,7 +103,8 @@ fn events_arrive_signed_in_batches_and_in_commit_order() {
         read["unread"], 6,
         "1 left in a, 5 in b: the total over all rooms"
     );
-    assert_eq!(read["id"], "read/a/rider/4");
+    assert_eq!(read["id"], format!("read/{epoch}/a/rider/4"));
+    assert!(read.get("users").is_none(), "{read}");
     assert_eq!(
         server.metric("chat_engine_webhook_events_delivered_total"),
         11.0
@@ -155,6 +158,30 @@ fn a_failing_or_hanging_endpoint_is_retried_and_the_chat_goes_on() {
     assert_eq!(server.metric("chat_engine_webhook_events_pending"), 0.0);
 }
 
+/// A failing endpoint is retried on the backoff (about 100 ms, doubling), also while new
+/// events keep coming: they do not cut a wait short.
+#[test]
+fn new_events_do_not_cut_a_retry_backoff_short() {
+    let receiver = Receiver::start();
+    receiver.answer(Answer::Status(500));
+    let server = TestServer::start_with(|c| {
+        hooks(receiver.url(), c);
+        c.webhooks.events = vec![EventType::Message];
+    });
+    server.create_room("r", "driver");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1_500) {
+        server.post_message("r", json!({"text": "again"}));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Waits of at least 50, 100, 200, 400 and 800 ms fit at most six tries in 1.5 s.
+    let tries = receiver.requests().len();
+    assert!(
+        (2..=7).contains(&tries),
+        "{tries} requests in 1.5 s to a failing endpoint"
+    );
+}
+
 /// Events wait in the outbox while the endpoint is down, and a kill -9 loses none.
 #[test]
 fn events_wait_for_a_dead_endpoint_and_survive_kill_9() {
@@ -180,8 +207,13 @@ fn events_wait_for_a_dead_endpoint_and_survive_kill_9() {
     });
     assert_eq!(messages_by_room(&events)["r"], [1, 2, 3, 4]);
     // The offline driver's notifies were decided before the kill, or after the restart.
+    let epoch = p.rest("GET", "/v1/rooms/r", None).1["epoch"].clone();
+    let epoch = epoch.as_str().unwrap();
     receiver.wait_for("a notify for each message", |events| {
-        (1..=4).all(|seq| events.iter().any(|e| e["id"] == format!("notify/r/{seq}")))
+        (1..=4).all(|seq| {
+            let id = format!("notify/{epoch}/r/{seq}");
+            events.iter().any(|e| e["id"] == id)
+        })
     });
     assert_eq!(p.post_message("r", json!({"text": "m5"}))["seq"], 5);
     receiver.wait_for("the next one too", |events| count_messages(events) == 5);
@@ -241,7 +273,8 @@ fn notify_names_the_members_whose_apps_did_not_acknowledge() {
         hooks(receiver.url(), c);
         c.webhooks.notify_delay_ms = 300;
     });
-    server.create_room("r", "driver");
+    let epoch = server.create_room("r", "driver")["epoch"].clone();
+    let epoch = epoch.as_str().unwrap();
     for rider in ["acking", "frozen", "offline", "reading"] {
         server.add_member("r", rider);
     }
@@ -267,7 +300,7 @@ fn notify_names_the_members_whose_apps_did_not_acknowledge() {
     let notifies: Vec<&Value> = events.iter().filter(|e| e["type"] == "notify").collect();
     assert_eq!(notifies.len(), 1, "one notify per message: {notifies:?}");
     let notify = notifies[0];
-    assert_eq!(notify["id"], "notify/r/1");
+    assert_eq!(notify["id"], format!("notify/{epoch}/r/1"));
     assert_eq!(notify["room_id"], "r");
     assert_eq!(notify["message"]["text"], "at the pickup point");
     assert_eq!(
@@ -291,7 +324,9 @@ fn notify_names_the_members_whose_apps_did_not_acknowledge() {
     std::thread::sleep(Duration::from_millis(900));
     let late = receiver.acknowledged();
     assert!(
-        !late.iter().any(|e| e["id"] == "notify/r/2"),
+        !late
+            .iter()
+            .any(|e| e["id"] == format!("notify/{epoch}/r/2")),
         "everyone acknowledged seq 2: {late:?}"
     );
     assert_eq!(count_messages(&late), 2);

@@ -1,5 +1,6 @@
 //! Fan-out: rooms of members, each member a real WebSocket connection, one sender per room.
-//! Every message carries its number in the room and its send time; every receiver checks
+//! Every message carries its number in the room and its send time (and with
+//! `LOAD_CLIENT_MSG_ID=1` a `client_msg_id`); every receiver checks
 //! order, loss and duplicates and records the send-to-delivery latency.
 
 use std::cell::{Cell, RefCell};
@@ -90,8 +91,18 @@ fn stamp_of(frame: &str) -> Option<(u64, u64)> {
     Some((number.parse().ok()?, micros.parse().ok()?))
 }
 
+/// `LOAD_CLIENT_MSG_ID=1`: every send carries a `client_msg_id`, as a real app's do, so
+/// each is checked for a repeat.
+fn with_client_msg_ids() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("LOAD_CLIENT_MSG_ID").is_some())
+}
+
 fn send_frame(kind: Kind, room: &str, number: u64, micros: u64) -> String {
     match kind {
+        Kind::ChatEngine if with_client_msg_ids() => format!(
+            r#"{{"type":"send","room_id":"{room}","text":"{number}|{micros}","client_msg_id":"m{number}"}}"#
+        ),
         Kind::ChatEngine => {
             format!(r#"{{"type":"send","room_id":"{room}","text":"{number}|{micros}"}}"#)
         }

@@ -286,9 +286,12 @@ impl Target {
         match self.kind {
             Kind::ChatEngine => {
                 let user = chat_engine::protocol::UserId::parse(user).expect("user id");
-                let token =
-                    chat_engine::auth::issue_token(JWT_SECRET, &user, Duration::from_secs(3600))
-                        .expect("token");
+                let auth = chat_engine::config::AuthConfig {
+                    jwt_secret: JWT_SECRET.into(),
+                    ..Default::default()
+                };
+                let token = chat_engine::auth::issue_token(&auth, &user, Duration::from_secs(3600))
+                    .expect("token");
                 format!("ws://{addr}/v1/ws?token={token}")
             }
             Kind::Baseline => format!("ws://{addr}/room/{room}"),

@@ -33,6 +33,18 @@ struct Claims {
     iat: Option<u64>,
 }
 
+/// The claims [`issue_token`] signs: [`Claims`], and the `iss` and `aud` the config asks for
+/// (`Validation` checks those, and `nbf`, on the way in).
+#[derive(Serialize)]
+struct Issued<'a> {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
 /// What a verified app token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -165,6 +177,7 @@ impl Authenticator {
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
         validation.leeway = self.leeway_s;
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
@@ -198,18 +211,24 @@ impl Authenticator {
     }
 }
 
-/// Signs a token for `user` valid for `ttl` (the `token` subcommand, tests, demos).
-pub fn issue_token(secret: &str, user: &UserId, ttl: Duration) -> Result<String, Error> {
+/// Signs a token for `user` valid for `ttl` with `auth.jwt_secret`, carrying the `iss` and
+/// `aud` that `auth` requires, so this server accepts it (the `token` subcommand, tests,
+/// demos).
+pub fn issue_token(auth: &AuthConfig, user: &UserId, ttl: Duration) -> Result<String, Error> {
     let now = crate::protocol::now_ms() / 1000;
-    let claims = Claims {
-        sub: user.to_string(),
-        exp: now + ttl.as_secs(),
-        iat: Some(now),
+    let claims = Issued {
+        claims: Claims {
+            sub: user.to_string(),
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+        },
+        iss: auth.issuer.as_deref(),
+        aud: auth.audience.as_deref(),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(auth.jwt_secret.as_bytes()),
     )
     .map_err(|e| Error::Internal(format!("cannot sign token: {e}")))
 }
@@ -250,9 +269,13 @@ mod tests {
     fn tokens_round_trip_and_wrong_secrets_fail() {
         let auth = Authenticator::new(&config(), Metrics::new());
         let user = UserId::parse("rider-1").unwrap();
-        let token = issue_token("s3cret", &user, Duration::from_secs(60)).unwrap();
+        let token = issue_token(&config(), &user, Duration::from_secs(60)).unwrap();
         assert_eq!(smol::block_on(auth.verify(&token)).unwrap().user, user);
-        let forged = issue_token("other", &user, Duration::from_secs(60)).unwrap();
+        let other = AuthConfig {
+            jwt_secret: "other".into(),
+            ..config()
+        };
+        let forged = issue_token(&other, &user, Duration::from_secs(60)).unwrap();
         assert_eq!(
             smol::block_on(auth.verify(&forged)).unwrap_err().code(),
             "unauthorized"
@@ -276,6 +299,41 @@ mod tests {
         let verify = |token: String| smol::block_on(auth.verify(&token));
         assert!(verify(sign(now - 30)).is_ok(), "within leeway");
         assert!(verify(sign(now - 120)).is_err(), "past leeway");
+    }
+
+    #[test]
+    fn issued_tokens_carry_the_issuer_and_audience_asked_for() {
+        let strict = AuthConfig {
+            issuer: Some("https://id.example".into()),
+            audience: Some("chat".into()),
+            ..config()
+        };
+        let auth = Authenticator::new(&strict, Metrics::new());
+        let user = UserId::parse("rider-1").unwrap();
+        let token = issue_token(&strict, &user, Duration::from_secs(60)).unwrap();
+        assert_eq!(smol::block_on(auth.verify(&token)).unwrap().user, user);
+        let plain = issue_token(&config(), &user, Duration::from_secs(60)).unwrap();
+        assert!(
+            smol::block_on(auth.verify(&plain)).is_err(),
+            "no iss, no aud"
+        );
+    }
+
+    #[test]
+    fn tokens_not_yet_valid_fail_beyond_the_leeway() {
+        let auth = Authenticator::new(&config(), Metrics::new());
+        let now = crate::protocol::now_ms() / 1000;
+        let sign = |nbf: u64| {
+            let claims = serde_json::json!({"sub": "u", "exp": now + 3600, "nbf": nbf});
+            let key = EncodingKey::from_secret(b"s3cret");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let verify = |token: String| smol::block_on(auth.verify(&token));
+        assert!(verify(sign(now + 30)).is_ok(), "within leeway");
+        assert!(
+            verify(sign(now + 600)).is_err(),
+            "not valid for ten minutes"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The webhook events a change leaves in the outbox, written in the change's own batch: a
 //! crash loses none, and no event exists for a change that was not stored. Each event's
-//! `id` names its change (ids never hold `/`), so a retried delivery repeats the same ids.
+//! `id` names its change and the history epoch it was made in (ids and epochs never hold
+//! `/`), so a retried delivery repeats the same ids, and the seqs handed out again after a
+//! restore make new ones.
 
 use serde_json::json;
 
@@ -28,7 +30,12 @@ impl Engine {
             message: &'a Message,
         }
         let event = MessageEvent {
-            id: format!("message/{}/{}", message.room_id, message.seq),
+            id: format!(
+                "message/{}/{}/{}",
+                self.epoch(),
+                message.room_id,
+                message.seq
+            ),
             kind: "message",
             ts: message.ts,
             room_id: &message.room_id,
@@ -66,7 +73,7 @@ impl Engine {
             return;
         }
         let event = json!({
-            "id": format!("read/{room_id}/{user}/{seq}"),
+            "id": format!("read/{}/{room_id}/{user}/{seq}", self.epoch()),
             "type": "read",
             "ts": now_ms(),
             "room_id": room_id,

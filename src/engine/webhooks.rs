@@ -47,10 +47,20 @@ impl Signal {
 
     /// Waits until woken or `timeout` passed.
     fn wait(&self, timeout: Duration) {
+        self.wait_while(timeout, |woken| !woken);
+    }
+
+    /// Waits until told to stop or `timeout` passed: a retry's backoff, which new events do
+    /// not cut short.
+    fn pause(&self, timeout: Duration) {
+        self.wait_while(timeout, |_| !self.stopping());
+    }
+
+    fn wait_while(&self, timeout: Duration, waiting: impl Fn(bool) -> bool) {
         let woken = lock(&self.woken);
         let (mut woken, _) = self
             .wake
-            .wait_timeout_while(woken, timeout, |woken| !*woken)
+            .wait_timeout_while(woken, timeout, |woken| waiting(*woken))
             .unwrap_or_else(|e| e.into_inner());
         *woken = false;
     }
@@ -95,7 +105,7 @@ impl Engine {
                 Err(reason) => {
                     self.inner.metrics.webhook_failures.inc();
                     log::warn!("webhooks: delivery to {url} failed (will retry): {reason}");
-                    signal.wait(backoff(failures));
+                    signal.pause(backoff(failures));
                     failures = failures.saturating_add(1);
                 }
             }
@@ -167,7 +177,7 @@ impl Engine {
         if event["type"] == "read" {
             event["unread"] = self.total_unread(&event["user_id"])?.into();
         }
-        if let Some(users) = event["users"].as_array_mut() {
+        if let Some(users) = event.get_mut("users").and_then(Value::as_array_mut) {
             for user in users {
                 user["unread"] = self.total_unread(&user["user_id"])?.into();
             }
@@ -209,7 +219,7 @@ impl Engine {
             let mut batch = Batch::new();
             if !to_tell.is_empty() {
                 let event = json!({
-                    "id": format!("notify/{room_id}/{seq}"),
+                    "id": format!("notify/{}/{room_id}/{seq}", self.epoch()),
                     "type": "notify",
                     "ts": now_ms(),
                     "room_id": room_id,

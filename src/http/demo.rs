@@ -86,11 +86,11 @@ async fn token(mut req: Req) -> tide::Result {
     }
     let minted = match super::rest::body_json::<TokenRequest>(&mut req).await {
         Ok(body) => {
-            let secret = &req.state().config().auth.jwt_secret;
+            let auth = &req.state().config().auth;
             let ttl = body
                 .ttl_s
                 .map_or(TOKEN_TTL, |s| Duration::from_secs(s).min(TOKEN_TTL));
-            crate::auth::issue_token(secret, &body.user_id, ttl)
+            crate::auth::issue_token(auth, &body.user_id, ttl)
                 .map_err(|e| Error::Internal(format!("cannot sign a token: {e}")))
         }
         Err(error) => Err(error),

@@ -305,7 +305,11 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 
 pub fn token_with_secret(secret: &str, user: &str) -> String {
     let user = chat_engine::protocol::UserId::parse(user).expect("valid user id");
-    chat_engine::auth::issue_token(secret, &user, Duration::from_secs(3600)).expect("issue token")
+    let auth = chat_engine::config::AuthConfig {
+        jwt_secret: secret.into(),
+        ..Default::default()
+    };
+    chat_engine::auth::issue_token(&auth, &user, Duration::from_secs(3600)).expect("issue token")
 }
 
 // ---------------------------------------------------------------------------------------------
