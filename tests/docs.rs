@@ -154,6 +154,18 @@ fn every_path_says_which_methods_it_allows() {
     );
     assert_eq!(allowed(&server, "POST", "/asyncapi.json"), (405, get_only));
     assert_eq!(allowed(&server, "HEAD", "/healthz").0, 200);
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/v2/rooms"),
+        ("POST", "/v1/rooms/r/extra"),
+    ] {
+        let (status, body) = server.rest(method, path, None);
+        assert_eq!(
+            (status, body["code"].clone()),
+            (404, json!("not_found")),
+            "{method} {path}"
+        );
+    }
 }
 
 #[test]

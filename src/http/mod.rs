@@ -52,6 +52,15 @@ pub async fn serve(listener: std::net::TcpListener, engine: Engine) -> std::io::
         .serve(&mut app);
     demo::routes(&mut app);
     rest::routes(&mut app);
+    // Any other path gets the protocol's error body, not an empty 404.
+    for path in ["/", "/*"] {
+        app.at(path).all(|req: Req| async move {
+            let path = req.url().path().to_owned();
+            Ok(error_response(&Error::NotFound(format!(
+                "no endpoint at {path}"
+            ))))
+        });
+    }
     accept(app, listener).await
 }
 
