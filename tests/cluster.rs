@@ -152,15 +152,10 @@ impl Node {
 /// A Redis and two nodes on it, which most tests start with. The caller keeps the Redis
 /// alive by holding it.
 fn redis_and_two_nodes() -> (RedisServer, Node, Node) {
-    redis_and_two_nodes_with("")
-}
-
-/// [`redis_and_two_nodes`] with more `[cluster]` keys.
-fn redis_and_two_nodes_with(cluster_keys: &str) -> (RedisServer, Node, Node) {
     let redis = RedisServer::start();
     let (a, b) = (
-        Node::start_with(&redis.url(), false, cluster_keys),
-        Node::start_with(&redis.url(), false, cluster_keys),
+        Node::start(&redis.url(), false),
+        Node::start(&redis.url(), false),
     );
     (redis, a, b)
 }
@@ -749,21 +744,7 @@ fn concurrent_reactions_through_two_nodes_are_each_decided_once() {
     if !available("concurrent_reactions_through_two_nodes_are_each_decided_once") {
         return;
     }
-    concurrent_reactions("");
-}
-
-/// The same with a dedup window in Redis of 16 fields, which starts over several times
-/// during the burst: the change counts it drops are taken from the nodes' own.
-#[test]
-fn concurrent_reactions_are_decided_once_while_the_dedup_window_starts_over() {
-    if !available("concurrent_reactions_are_decided_once_while_the_dedup_window_starts_over") {
-        return;
-    }
-    concurrent_reactions("dedup_max_fields = 16");
-}
-
-fn concurrent_reactions(cluster_keys: &str) {
-    let (_redis, a, b) = redis_and_two_nodes_with(cluster_keys);
+    let (_redis, a, b) = redis_and_two_nodes();
     let riders: Vec<String> = (0..16).map(|i| format!("rider{i:02}")).collect();
     a.create_room("r-react", "driver");
     for rider in &riders {
@@ -831,88 +812,6 @@ fn concurrent_reactions(cluster_keys: &str) {
             .collect();
         reactors.sort();
         assert_eq!(reactors, expected);
-    }
-}
-
-/// The fields of `room`'s dedup hash in Redis (0 when it has none), whichever of the four
-/// shards holds it.
-fn dedup_fields(redis: &RedisServer, room: &str) -> u64 {
-    (0..4)
-        .map(|shard| {
-            let reply = command_reply(redis.port, &format!("HLEN ce:{{ce:{shard}}}:dedup:{room}"));
-            let reply = reply.unwrap_or_default();
-            reply
-                .trim_start_matches(':')
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("HLEN: {reply}"))
-        })
-        .sum()
-}
-
-/// Redis keeps only a window of each room's `client_msg_id`s (here 16 fields, for 1 s), yet
-/// a retry is recognised on every node however old its first send, and a system message
-/// whose change count left the window is still edited once.
-#[test]
-fn retries_older_than_the_dedup_window_in_redis_are_recognised_on_every_node() {
-    if !available("retries_older_than_the_dedup_window_in_redis_are_recognised_on_every_node") {
-        return;
-    }
-    let (redis, a, b) = redis_and_two_nodes_with("dedup_max_fields = 16\ndedup_ttl_ms = 1000");
-    a.create_room("r-window", "driver");
-    let system = |n: usize| json!({"text": format!("stop {n}"), "client_msg_id": format!("c{n}")});
-    for n in 0..40 {
-        let (status, body) = post(&a, "r-window", system(n));
-        assert_eq!(status, 201, "{body}");
-        assert_eq!(body["message"]["seq"], n + 1);
-    }
-    let fields = dedup_fields(&redis, "r-window");
-    assert!(
-        (1..=16).contains(&fields),
-        "Redis holds {fields} dedup fields"
-    );
-    b.history_of_size("r-window", 40);
-
-    for node in [&a, &b] {
-        for n in [0, 20, 39] {
-            let (status, body) = post(node, "r-window", system(n));
-            assert_eq!(status, 200, "retry of c{n}: {body}");
-            assert_eq!(body["message"]["seq"], n + 1, "retry of c{n}");
-        }
-    }
-    // Edits of a message whose count left the window: each decided once, in order.
-    let edit = |node: &Node, text: &str| {
-        node.rest(
-            "PATCH",
-            "/v1/rooms/r-window/messages/1",
-            Some(json!({"text": text})),
-        )
-    };
-    assert_eq!(edit(&a, "moved").0, 200);
-    for n in 40..60 {
-        assert_eq!(post(&a, "r-window", system(n)).0, 201);
-    }
-    b.history_of_size("r-window", 61);
-    let (status, body) = edit(&b, "moved again");
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = edit(&a, "moved again");
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["message"]["seq"], 62, "the repeat stores nothing");
-
-    // A quiet room's window expires in Redis; its retries are still recognised.
-    std::thread::sleep(Duration::from_millis(1_200));
-    assert_eq!(dedup_fields(&redis, "r-window"), 0, "the window expired");
-    for node in [&b, &a] {
-        let (status, body) = post(node, "r-window", system(5));
-        assert_eq!(
-            (status, body["message"]["seq"].clone()),
-            (200, json!(6)),
-            "{body}"
-        );
-    }
-    for node in [&a, &b] {
-        let history = node.history_of_size("r-window", 62);
-        assert_eq!(history.len(), 62, "nothing stored twice");
-        assert_eq!(history[&1]["text"], "moved again");
     }
 }
 

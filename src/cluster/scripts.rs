@@ -8,9 +8,8 @@
 //!   for direct rooms), and the last `seq` and `ts` handed out;
 //! - `ce:{ce:S}:members:<room id>`: set of user ids;
 //! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`, and
-//!   `t<seq>` -> how many changes message `seq` has had, for a recent window only (see the send
-//!   script; the nodes' storage has the rest); deleted with the members when the room
-//!   closes;
+//!   `t<seq>` -> how many changes message `seq` has had; deleted with the members when the
+//!   room closes;
 //! - `ce:{ce:S}:log`: the shard's log, a stream capped at about `cluster.log_max_len`
 //!   entries. Each entry has `room`, and either `change` (a JSON `Change` of a room's life,
 //!   membership or read marker) or `seq`, `ts` and `message` (a JSON `Post`); or, for a
@@ -89,8 +88,7 @@ pub struct SendArgs {
     pub sender: Option<UserId>,
     /// The [`dedup_field`], empty for none.
     pub dedup: String,
-    /// The asking node's last stamp in the room when it judged the send and looked for its
-    /// `client_msg_id`: Redis never goes below it.
+    /// The asking node's last stamp in the room: Redis never goes below it.
     pub floor: (u64, u64),
     /// The JSON `Post`.
     pub body: Arc<str>,
@@ -138,18 +136,12 @@ end
 
 /// Decides any number of messages, or changes to messages, in one call: how a node sends
 /// everything that queued up while its previous call was out (see `sends.rs`). KEYS: room,
-/// members, dedup and log of each send in turn. ARGV: the append spec, the dedup window
-/// (`<max fields> <ttl ms>`), then ten per send in [`SendArgs`]'s order: room id, sender
-/// ('' for RouteAPI), dedup field ('' for none), floor seq and floor ts (the asking node's
-/// last when it judged the send; never go below them), message body, and for a message
-/// change the target's seq ('' for a new message), its change count on the asking node (''
-/// when that node does not have it yet), '1' when the node judged that the change changes
-/// nothing, and '1' when it deletes its target.
-///
-/// The dedup hash is a window: it starts over once it holds `max fields`, or expires `ttl`
-/// after it started, and its field `h` is the room's last seq when it (re)started. What it
-/// no longer holds, every node holds in its own storage up to that seq, so a send whose node
-/// had not applied the room up to `h` when it looked there answers `stale`.
+/// members, dedup and log of each send in turn. ARGV: the append spec, then ten per send
+/// in [`SendArgs`]'s order: room id, sender ('' for RouteAPI), dedup field ('' for none),
+/// floor seq and floor ts (the asking node's last; never go below them), message body, and
+/// for a message change the target's seq ('' for a new message), its change count on the
+/// asking node ('' when that node does not have it yet), '1' when the node judged that the
+/// change changes nothing, and '1' when it deletes its target.
 ///
 /// A change is accepted if the target has had as many changes here as on the asking node,
 /// whose rules judged it, or if every change made since was neither a delete nor the same
@@ -159,24 +151,13 @@ end
 /// last id, and the node catches up to there and judges again. Each accepted change counts
 /// one more for its target, in the dedup hash under `t<seq>`, and names who made it under
 /// `w<seq>:<count>` (`d` for a delete, else `c` and the sender; no dedup field starts with a
-/// letter). A target not counted in the window was last changed before `h`, so the asking
-/// node's count is the whole count.
+/// letter).
 /// Answers, one per send: `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`,
 /// `{'nothing', last id}`, `{'stale', last id}`, or an error word.
 const SEND: &str = r#"
 local now = now_ms()
 -- Changes a decision may be overtaken by before it is judged again.
 local MAX_OVERTAKEN = 64
-local max_fields, ttl = string.match(ARGV[2], '^(%d+) (%d+)$')
-max_fields = tonumber(max_fields)
-local function horizon(dedup, last_seq)
-  if redis.call('HLEN', dedup) >= max_fields then redis.call('DEL', dedup) end
-  local h = redis.call('HGET', dedup, 'h')
-  if h then return tonumber(h) end
-  redis.call('HSET', dedup, 'h', last_seq)
-  redis.call('PEXPIRE', dedup, ttl)
-  return tonumber(last_seq)
-end
 local function still_holds(dedup, target, version, changes, sender)
   if changes < version or changes - version > MAX_OVERTAKEN then return false end
   for n = version + 1, changes do
@@ -191,31 +172,26 @@ local function send(room, members, dedup, log, room_id, sender, field, floor_seq
   if sender ~= '' and redis.call('SISMEMBER', members, sender) == 0 then
     return {'not_member'}
   end
-  local last = redis.call('HMGET', room, 'seq', 'ts')
-  if field ~= '' or target ~= '' then
-    local h = horizon(dedup, last[1])
-    if field ~= '' then
-      local known = redis.call('HGET', dedup, field)
-      if known then
-        local seq, ts = string.match(known, '^(%d+) (%d+)$')
-        return {'repeat', seq, ts, last_id(log)}
-      end
+  if field ~= '' then
+    local known = redis.call('HGET', dedup, field)
+    if known then
+      local seq, ts = string.match(known, '^(%d+) (%d+)$')
+      return {'repeat', seq, ts, last_id(log)}
     end
-    if tonumber(floor_seq) < h then return {'stale', last_id(log)} end
   end
+  local last = redis.call('HMGET', room, 'seq', 'ts')
   if target ~= '' then
     if version == '' then
       if tonumber(target) > tonumber(last[1]) then return {'no_message', target} end
       return {'stale', last_id(log)}
     end
-    local counted = redis.call('HGET', dedup, 't' .. target)
-    local changes = tonumber(counted or version)
+    local changes = tonumber(redis.call('HGET', dedup, 't' .. target) or '0')
     if not still_holds(dedup, target, tonumber(version), changes, sender) then
       return {'stale', last_id(log)}
     end
     if nothing == '1' then return {'nothing', last_id(log)} end
-    local count = string.format('%d', changes + 1)
-    redis.call('HSET', dedup, 't' .. target, count, 'w' .. target .. ':' .. count,
+    local count = redis.call('HINCRBY', dedup, 't' .. target, 1)
+    redis.call('HSET', dedup, 'w' .. target .. ':' .. count,
                deletes == '1' and 'd' or 'c' .. sender)
   end
   local seq = math.max(tonumber(last[1]), tonumber(floor_seq)) + 1
@@ -228,7 +204,7 @@ local function send(room, members, dedup, log, room_id, sender, field, floor_seq
 end
 local answers = {}
 for i = 0, #KEYS / 4 - 1 do
-  local k, a = i * 4, 2 + i * 10
+  local k, a = i * 4, 1 + i * 10
   answers[i + 1] = send(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
                         unpack(ARGV, a + 1, a + 10))
 end
@@ -319,14 +295,9 @@ impl Scripts {
     }
 
     /// One call of the send script that decides every one of `sends`, in order.
-    pub fn send<'a>(
-        &'a self,
-        sends: &[SendArgs],
-        append_spec: &str,
-        dedup_window: &str,
-    ) -> ScriptInvocation<'a> {
+    pub fn send<'a>(&'a self, sends: &[SendArgs], append_spec: &str) -> ScriptInvocation<'a> {
         let mut invocation = self.send.prepare_invoke();
-        invocation.arg(append_spec).arg(dedup_window);
+        invocation.arg(append_spec);
         for send in sends {
             let (target, version, nothing, deletes) = match &send.change {
                 None => (String::new(), String::new(), false, false),
