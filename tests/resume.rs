@@ -237,12 +237,11 @@ fn restore_gives_a_new_epoch_and_refuses_what_it_must() {
         ];
         run_bin(&args, Duration::from_secs(60))
     };
-    let epoch_of = |p: &Process| p.rest("GET", "/v1/rooms/r", None).1["epoch"].clone();
 
     let mut p = Process::start(&data, &config);
     p.create_room("r", "driver");
     p.post_message("r", json!({"text": "before the backup"}));
-    let first = epoch_of(&p);
+    let first = p.epoch("r");
     let (status, out, err) = run_bin(
         &[
             "backup",
@@ -271,7 +270,7 @@ fn restore_gives_a_new_epoch_and_refuses_what_it_must() {
     p.wait();
     drop(p);
     let p = Process::start(&data, &config);
-    assert_eq!(epoch_of(&p), first, "a restart keeps the epoch");
+    assert_eq!(p.epoch("r"), first, "a restart keeps the epoch");
     drop(p);
 
     for (from, why) in [
@@ -294,7 +293,7 @@ fn restore_gives_a_new_epoch_and_refuses_what_it_must() {
     assert!(status.success(), "{out} {err}");
     assert!(out.contains("the data it replaced is in"), "{out}");
     let p = Process::start(&data, &config);
-    let restored = epoch_of(&p);
+    let restored = p.epoch("r");
     assert_ne!(restored, first, "a restore names a new epoch");
     let (_, page) = p.rest("GET", "/v1/rooms/r/messages", None);
     assert_eq!(

@@ -81,8 +81,7 @@ fn events_arrive_signed_in_batches_and_in_commit_order() {
     let rooms = messages_by_room(&events);
     assert_eq!(rooms["a"], [1, 2, 3, 4, 5], "in commit order per room");
     assert_eq!(rooms["b"], [1, 2, 3, 4, 5]);
-    let epoch = server.rest("GET", "/v1/rooms/a", None).1["epoch"].clone();
-    let epoch = epoch.as_str().unwrap();
+    let epoch = server.epoch("a");
     let message = events.iter().find(|e| e["type"] == "message").unwrap();
     assert_eq!(
         message["id"],
@@ -207,8 +206,7 @@ fn events_wait_for_a_dead_endpoint_and_survive_kill_9() {
     });
     assert_eq!(messages_by_room(&events)["r"], [1, 2, 3, 4]);
     // The offline driver's notifies were decided before the kill, or after the restart.
-    let epoch = p.rest("GET", "/v1/rooms/r", None).1["epoch"].clone();
-    let epoch = epoch.as_str().unwrap();
+    let epoch = p.epoch("r");
     receiver.wait_for("a notify for each message", |events| {
         (1..=4).all(|seq| {
             let id = format!("notify/{epoch}/r/{seq}");
@@ -273,8 +271,8 @@ fn notify_names_the_members_whose_apps_did_not_acknowledge() {
         hooks(receiver.url(), c);
         c.webhooks.notify_delay_ms = 300;
     });
-    let epoch = server.create_room("r", "driver")["epoch"].clone();
-    let epoch = epoch.as_str().unwrap();
+    server.create_room("r", "driver");
+    let epoch = server.epoch("r");
     for rider in ["acking", "frozen", "offline", "reading"] {
         server.add_member("r", rider);
     }

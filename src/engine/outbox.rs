@@ -13,6 +13,12 @@ use crate::storage::Batch;
 use super::Engine;
 
 impl Engine {
+    /// An event's `id`: its type first (the sender tells `read` and `notify` events by it),
+    /// then the history epoch, then what it is about.
+    pub(super) fn event_id(&self, kind: &str, about: std::fmt::Arguments<'_>) -> String {
+        format!("{kind}/{}/{about}", self.epoch())
+    }
+
     /// A `message` event for a stored message or change, if events of that type are sent.
     pub(super) fn message_event(&self, batch: &mut Batch, message: &Message) {
         if !self.inner.config.webhooks.sends(EventType::Message) {
@@ -30,11 +36,9 @@ impl Engine {
             message: &'a Message,
         }
         let event = MessageEvent {
-            id: format!(
-                "message/{}/{}/{}",
-                self.epoch(),
-                message.room_id,
-                message.seq
+            id: self.event_id(
+                "message",
+                format_args!("{}/{}", message.room_id, message.seq),
             ),
             kind: "message",
             ts: message.ts,
@@ -73,7 +77,7 @@ impl Engine {
             return;
         }
         let event = json!({
-            "id": format!("read/{}/{room_id}/{user}/{seq}", self.epoch()),
+            "id": self.event_id("read", format_args!("{room_id}/{user}/{seq}")),
             "type": "read",
             "ts": now_ms(),
             "room_id": room_id,

@@ -219,7 +219,7 @@ impl Engine {
             let mut batch = Batch::new();
             if !to_tell.is_empty() {
                 let event = json!({
-                    "id": format!("notify/{}/{room_id}/{seq}", self.epoch()),
+                    "id": self.event_id("notify", format_args!("{room_id}/{seq}")),
                     "type": "notify",
                     "ts": now_ms(),
                     "room_id": room_id,

@@ -95,6 +95,16 @@ fn parse_body(text: &str) -> Value {
 }
 
 impl Endpoint {
+    /// The history epoch `room`'s Room object names.
+    pub fn epoch(&self, room: &str) -> String {
+        let (status, body) = self.rest("GET", &format!("/v1/rooms/{room}"), None);
+        assert_eq!(status, 200, "GET /v1/rooms/{room}: {body}");
+        body["epoch"]
+            .as_str()
+            .expect("a Room has an epoch")
+            .to_owned()
+    }
+
     pub fn new(addr: SocketAddr, jwt_secret: &str, api_key: &str) -> Self {
         Endpoint {
             addr,
