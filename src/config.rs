@@ -254,6 +254,13 @@ pub struct ClusterConfig {
     /// Message sends one script call decides at most: those that queued up while the
     /// previous call was out go together.
     pub sends_per_call: usize,
+    /// Fields the current generation of a room's dedup hash in Redis takes before a new one
+    /// starts: Redis keeps only the current and the previous generation of `client_msg_id`s
+    /// and change counts, and the nodes' own storage answers for the rest.
+    pub dedup_max_fields: u64,
+    /// How long a generation stays current (ms); a previous one lives this long more, so a
+    /// room that goes quiet costs Redis nothing.
+    pub dedup_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -265,6 +272,8 @@ impl Default for ClusterConfig {
             log_max_len: 1_000_000,
             apply_timeout_ms: 5_000,
             sends_per_call: 64,
+            dedup_max_fields: 1_000,
+            dedup_ttl_ms: 3_600_000,
         }
     }
 }
@@ -515,6 +524,12 @@ impl Config {
                 "cluster.shards must be at least 1 and cluster.log_max_len at least 1000".into(),
             );
         }
+        if self.cluster.dedup_max_fields < 16 || self.cluster.dedup_ttl_ms < 1_000 {
+            return invalid(
+                "cluster.dedup_max_fields must be at least 16 and cluster.dedup_ttl_ms at least 1000"
+                    .into(),
+            );
+        }
         if !(1..=MAX_SENDS_PER_CALL).contains(&self.cluster.sends_per_call) {
             return invalid(format!(
                 "cluster.sends_per_call must be 1 to {MAX_SENDS_PER_CALL}"
@@ -629,6 +644,12 @@ mod tests {
             assert!(error.contains("cluster.sends_per_call"), "{error}");
         }
         assert!(parse("[cluster]\nsends_per_call = 1024").is_ok());
+        for window in ["dedup_max_fields = 15", "dedup_ttl_ms = 999"] {
+            let error = parse(&format!("[cluster]\n{window}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("cluster.dedup_"), "{error}");
+        }
     }
 
     #[test]

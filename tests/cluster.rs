@@ -152,10 +152,15 @@ impl Node {
 /// A Redis and two nodes on it, which most tests start with. The caller keeps the Redis
 /// alive by holding it.
 fn redis_and_two_nodes() -> (RedisServer, Node, Node) {
+    redis_and_two_nodes_with("")
+}
+
+/// [`redis_and_two_nodes`] with more `[cluster]` keys.
+fn redis_and_two_nodes_with(cluster_keys: &str) -> (RedisServer, Node, Node) {
     let redis = RedisServer::start();
     let (a, b) = (
-        Node::start(&redis.url(), false),
-        Node::start(&redis.url(), false),
+        Node::start_with(&redis.url(), false, cluster_keys),
+        Node::start_with(&redis.url(), false, cluster_keys),
     );
     (redis, a, b)
 }
@@ -744,7 +749,21 @@ fn concurrent_reactions_through_two_nodes_are_each_decided_once() {
     if !available("concurrent_reactions_through_two_nodes_are_each_decided_once") {
         return;
     }
-    let (_redis, a, b) = redis_and_two_nodes();
+    concurrent_reactions("");
+}
+
+/// The same with generations of 16 fields in Redis, which turn over several times during
+/// the burst: the change counts they drop are taken from the nodes' own.
+#[test]
+fn concurrent_reactions_are_decided_once_while_the_dedup_generations_turn_over() {
+    if !available("concurrent_reactions_are_decided_once_while_the_dedup_generations_turn_over") {
+        return;
+    }
+    concurrent_reactions("dedup_max_fields = 16");
+}
+
+fn concurrent_reactions(cluster_keys: &str) {
+    let (_redis, a, b) = redis_and_two_nodes_with(cluster_keys);
     let riders: Vec<String> = (0..16).map(|i| format!("rider{i:02}")).collect();
     a.create_room("r-react", "driver");
     for rider in &riders {
@@ -813,6 +832,124 @@ fn concurrent_reactions_through_two_nodes_are_each_decided_once() {
         reactors.sort();
         assert_eq!(reactors, expected);
     }
+}
+
+/// The fields of `room`'s dedup hash `generation` (`dedup` or `dedup-prev`) in Redis (0
+/// when it has none), whichever of the four shards holds it.
+fn dedup_fields(redis: &RedisServer, generation: &str, room: &str) -> u64 {
+    (0..4)
+        .map(|shard| {
+            let command = format!("HLEN ce:{{ce:{shard}}}:{generation}:{room}");
+            let reply = command_reply(redis.port, &command).unwrap_or_default();
+            reply
+                .trim_start_matches(':')
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("HLEN: {reply}"))
+        })
+        .sum()
+}
+
+/// Redis keeps only two generations of each room's `client_msg_id`s (here of 16 fields, each
+/// current for 1 s), yet a retry is recognised on every node however old its first send,
+/// and a system message whose change count left both is still edited once.
+#[test]
+fn retries_older_than_both_dedup_generations_are_recognised_on_every_node() {
+    if !available("retries_older_than_both_dedup_generations_are_recognised_on_every_node") {
+        return;
+    }
+    let (redis, a, b) = redis_and_two_nodes_with("dedup_max_fields = 16\ndedup_ttl_ms = 1000");
+    a.create_room("r-window", "driver");
+    let system = |n: usize| json!({"text": format!("stop {n}"), "client_msg_id": format!("c{n}")});
+    for n in 0..40 {
+        let (status, body) = post(&a, "r-window", system(n));
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["message"]["seq"], n + 1);
+    }
+    for generation in ["dedup", "dedup-prev"] {
+        let fields = dedup_fields(&redis, generation, "r-window");
+        assert!(
+            (1..=16).contains(&fields),
+            "Redis holds {fields} fields in {generation}"
+        );
+    }
+    b.history_of_size("r-window", 40);
+
+    for node in [&a, &b] {
+        for n in [0, 20, 39] {
+            let (status, body) = post(node, "r-window", system(n));
+            assert_eq!(status, 200, "retry of c{n}: {body}");
+            assert_eq!(body["message"]["seq"], n + 1, "retry of c{n}");
+        }
+    }
+    // Edits of a message whose count left the window: each decided once, in order.
+    let edit = |node: &Node, text: &str| {
+        node.rest(
+            "PATCH",
+            "/v1/rooms/r-window/messages/1",
+            Some(json!({"text": text})),
+        )
+    };
+    assert_eq!(edit(&a, "moved").0, 200);
+    for n in 40..60 {
+        assert_eq!(post(&a, "r-window", system(n)).0, 201);
+    }
+    b.history_of_size("r-window", 61);
+    let (status, body) = edit(&b, "moved again");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = edit(&a, "moved again");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"]["seq"], 62, "the repeat stores nothing");
+
+    // A quiet room's generations expire in Redis (the current one two ttls after it
+    // started); its retries are still recognised.
+    std::thread::sleep(Duration::from_millis(2_200));
+    for generation in ["dedup", "dedup-prev"] {
+        let fields = dedup_fields(&redis, generation, "r-window");
+        assert_eq!(fields, 0, "{generation} expired");
+    }
+    for node in [&b, &a] {
+        let (status, body) = post(node, "r-window", system(5));
+        assert_eq!(
+            (status, body["message"]["seq"].clone()),
+            (200, json!(6)),
+            "{body}"
+        );
+    }
+    for node in [&a, &b] {
+        let history = node.history_of_size("r-window", 62);
+        assert_eq!(history.len(), 62, "nothing stored twice");
+        assert_eq!(history[&1]["text"], "moved again");
+    }
+}
+
+/// Sends in flight while Redis's dedup generation turns over are decided in the order sent:
+/// only a node a whole generation behind is told to catch up and decide again.
+#[test]
+fn sends_in_flight_while_the_dedup_generation_turns_over_keep_their_order() {
+    if !available("sends_in_flight_while_the_dedup_generation_turns_over_keep_their_order") {
+        return;
+    }
+    let (_redis, a, _b) = redis_and_two_nodes_with("dedup_max_fields = 256");
+    a.create_room("r-turnover", "driver");
+    let mut driver = a.ws("driver");
+    const SENDS: usize = 1_000;
+    for i in 0..SENDS {
+        driver.send_json(&json!({"type": "send", "id": format!("s{i}"),
+                                 "room_id": "r-turnover", "text": format!("m{i}"),
+                                 "client_msg_id": format!("c{i}")}));
+    }
+    let seqs: Vec<u64> = (0..SENDS)
+        .map(|i| {
+            let reply = driver.wait_reply(&json!(format!("s{i}")));
+            assert_eq!(reply["type"], "sent", "{reply}");
+            reply["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=SENDS as u64).collect::<Vec<_>>(),
+        "seqs in the order sent across three turnovers"
+    );
 }
 
 /// Rooms on demand across nodes: with room for one room in memory, every node unloads the

@@ -144,6 +144,8 @@ pub struct Cluster {
     /// `<max_len>:<node>` argument: a logged change names the node that asked for it.
     node: String,
     append_spec: String,
+    /// `<max fields> <ttl ms>` of each room's dedup window, for the send script.
+    dedup_window: String,
 }
 
 /// A message, or a change to one, on its way to the send script.
@@ -153,6 +155,12 @@ struct Posting {
     post: Post,
     dedup: String,
     body: Arc<str>,
+}
+
+/// How a post was taken: answered from this node's own storage, or queued for Redis.
+enum Asked {
+    Known(Decided),
+    Redis(Answering),
 }
 
 /// A change Redis has logged, not yet applied here.
@@ -201,6 +209,7 @@ impl Cluster {
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
             append_spec: format!("{}:{node}", config.log_max_len),
+            dedup_window: format!("{} {}", config.dedup_max_fields, config.dedup_ttl_ms),
             node,
         })
     }
@@ -308,7 +317,10 @@ impl Cluster {
             dedup,
             body,
         };
-        let first = self.queue_post(engine, &posting).await?;
+        let first = match self.queue_post(engine, &posting).await? {
+            Asked::Known(decided) => return Ok(Decision::Made(decided)),
+            Asked::Redis(answering) => answering,
+        };
         let (cluster, engine) = (self.clone(), engine.clone());
         Ok(Decision::Queued(Box::pin(async move {
             let mut answering = first;
@@ -317,7 +329,10 @@ impl Cluster {
                     Ok(decided) => return Ok(decided),
                     Err(stale) => stale.applied().await?,
                 }
-                answering = cluster.queue_post(&engine, &posting).await?;
+                answering = match cluster.queue_post(&engine, &posting).await? {
+                    Asked::Known(decided) => return Ok(decided),
+                    Asked::Redis(answering) => answering,
+                };
             }
             Err(Error::Unavailable(format!(
                 "message {} of room {} kept changing while this change was decided; retry",
@@ -327,8 +342,9 @@ impl Cluster {
         })))
     }
 
-    /// Judges `posting` against this node's state and queues it for the send script.
-    async fn queue_post(&self, engine: &Engine, posting: &Posting) -> Result<Answering, Error> {
+    /// Answers `posting` from this node's storage when it repeats a send applied here;
+    /// otherwise judges it against this node's state and queues it for the send script.
+    async fn queue_post(&self, engine: &Engine, posting: &Posting) -> Result<Asked, Error> {
         let Posting {
             shard,
             room_id,
@@ -336,9 +352,13 @@ impl Cluster {
             dedup,
             body,
         } = posting;
-        let change = engine.judge_change(room_id, post).await?;
-        // Redis never goes below this node's last stamp in the room.
+        // Taken before looking and judging: the script trusts what this node found here only
+        // for what it had applied up to this stamp, and never goes below it.
         let floor = engine.last_stamp(room_id).await?.unwrap_or_default();
+        if let Some(decided) = engine.known_repeat(room_id, post).await? {
+            return Ok(Asked::Known(decided));
+        }
+        let change = engine.judge_change(room_id, post).await?;
         let send = SendArgs {
             keys: RoomKeys::new(room_id, *shard),
             room_id: room_id.clone(),
@@ -348,7 +368,8 @@ impl Cluster {
             body: body.clone(),
             change,
         };
-        self.sends[group_of(&self.config, *shard)].queue(send).await
+        let queue = &self.sends[group_of(&self.config, *shard)];
+        Ok(Asked::Redis(queue.queue(send).await?))
     }
 
     /// What the send script's `answer` to `posting` decided; `Err` with what to wait for

@@ -7,8 +7,10 @@
 //! - `ce:{ce:S}:room:<room id>`: hash `state` (`open` or `closed`), `kind`, `owner` (empty
 //!   for direct rooms), and the last `seq` and `ts` handed out;
 //! - `ce:{ce:S}:members:<room id>`: set of user ids;
-//! - `ce:{ce:S}:dedup:<room id>`: hash, sender and `client_msg_id` -> `"<seq> <ts>"`, and
-//!   `t<seq>` -> how many changes message `seq` has had; deleted with the members when the
+//! - `ce:{ce:S}:dedup:<room id>` and `ce:{ce:S}:dedup-prev:<room id>`: the current and the
+//!   previous generation of the room's dedup hash (see the send script), each mapping sender
+//!   and `client_msg_id` -> `"<seq> <ts>"`, and `t<seq>` -> how many changes message `seq`
+//!   has had; the nodes' storage has what both dropped; deleted with the members when the
 //!   room closes;
 //! - `ce:{ce:S}:log`: the shard's log, a stream capped at about `cluster.log_max_len`
 //!   entries. Each entry has `room`, and either `change` (a JSON `Change` of a room's life,
@@ -50,6 +52,7 @@ pub struct RoomKeys {
     pub members: String,
     pub dedup: String,
     pub log: String,
+    pub previous_dedup: String,
 }
 
 impl RoomKeys {
@@ -59,6 +62,7 @@ impl RoomKeys {
             members: format!("ce:{{ce:{shard}}}:members:{room_id}"),
             dedup: format!("ce:{{ce:{shard}}}:dedup:{room_id}"),
             log: log_key(shard),
+            previous_dedup: format!("ce:{{ce:{shard}}}:dedup-prev:{room_id}"),
         }
     }
 
@@ -76,7 +80,8 @@ impl RoomKeys {
             .key(&self.room)
             .key(&self.members)
             .key(&self.dedup)
-            .key(&self.log);
+            .key(&self.log)
+            .key(&self.previous_dedup);
     }
 }
 
@@ -88,7 +93,8 @@ pub struct SendArgs {
     pub sender: Option<UserId>,
     /// The [`dedup_field`], empty for none.
     pub dedup: String,
-    /// The asking node's last stamp in the room: Redis never goes below it.
+    /// The asking node's last stamp in the room when it judged the send and looked for its
+    /// `client_msg_id`: Redis never goes below it.
     pub floor: (u64, u64),
     /// The JSON `Post`.
     pub body: Arc<str>,
@@ -136,12 +142,22 @@ end
 
 /// Decides any number of messages, or changes to messages, in one call: how a node sends
 /// everything that queued up while its previous call was out (see `sends.rs`). KEYS: room,
-/// members, dedup and log of each send in turn. ARGV: the append spec, then ten per send
-/// in [`SendArgs`]'s order: room id, sender ('' for RouteAPI), dedup field ('' for none),
-/// floor seq and floor ts (the asking node's last; never go below them), message body, and
-/// for a message change the target's seq ('' for a new message), its change count on the
-/// asking node ('' when that node does not have it yet), '1' when the node judged that the
-/// change changes nothing, and '1' when it deletes its target.
+/// members, dedup, log and previous dedup of each send in turn. ARGV: the append spec, the
+/// dedup window (`<max fields> <ttl ms>`), then ten per send in [`SendArgs`]'s order: room
+/// id, sender ('' for RouteAPI), dedup field ('' for none), floor seq and floor ts (the
+/// asking node's last when it judged the send; never go below them), message body, and for
+/// a message change the target's seq ('' for a new message), its change count on the asking
+/// node ('' when that node does not have it yet), '1' when the node judged that the change
+/// changes nothing, and '1' when it deletes its target.
+///
+/// Redis keeps a room's dedup fields in two generations, so its memory follows the rooms
+/// in use. The current one takes every new field; once it holds `max fields` or is `ttl`
+/// old it becomes the previous one (which lives `ttl` more) and a new one starts. Each
+/// records in `h` the room's last seq when it started. Before the horizon, the older
+/// generation's `h`, Redis holds nothing, and every node holds everything in its own
+/// storage; a node looks there first, so a send whose node had not applied the room up to
+/// the horizon when it looked answers `stale`. With two generations only a node a whole
+/// generation behind is stale, not every send in flight when one starts.
 ///
 /// A change is accepted if the target has had as many changes here as on the asking node,
 /// whose rules judged it, or if every change made since was neither a delete nor the same
@@ -149,49 +165,80 @@ end
 /// its own sender did to it (their edit, their reaction), so many members reacting to one
 /// message at once are each decided in one call. Otherwise it answers `stale` with the log's
 /// last id, and the node catches up to there and judges again. Each accepted change counts
-/// one more for its target, in the dedup hash under `t<seq>`, and names who made it under
-/// `w<seq>:<count>` (`d` for a delete, else `c` and the sender; no dedup field starts with a
-/// letter).
+/// one more for its target, under `t<seq>`, and names who made it under `w<seq>:<count>`
+/// (`d` for a delete, else `c` and the sender; no dedup field starts with a letter). A
+/// target counted in neither generation was last changed before the horizon, so the asking
+/// node's count is the whole count.
 /// Answers, one per send: `{'new', seq, ts, id}`, `{'repeat', seq, ts, last id}`,
 /// `{'nothing', last id}`, `{'stale', last id}`, or an error word.
 const SEND: &str = r#"
 local now = now_ms()
 -- Changes a decision may be overtaken by before it is judged again.
 local MAX_OVERTAKEN = 64
-local function still_holds(dedup, target, version, changes, sender)
+local max_fields, ttl = string.match(ARGV[2], '^(%d+) (%d+)$')
+max_fields, ttl = tonumber(max_fields), tonumber(ttl)
+-- Starts a new generation when the current one is missing, full or old, and answers the
+-- horizon. A hash from before generations has no `h`: it holds the room's whole life.
+local function horizon(dedup, previous, last_seq)
+  local current = redis.call('HMGET', dedup, 'h', 'c')
+  local older
+  if current[2] and tonumber(current[2]) + ttl > now
+      and redis.call('HLEN', dedup) < max_fields then
+    older = redis.call('HGET', previous, 'h') or current[1]
+  else
+    if redis.call('EXISTS', dedup) == 1 then
+      redis.call('RENAME', dedup, previous)
+      redis.call('PEXPIRE', previous, ttl)
+      older = current[1] or '0'
+    else
+      older = redis.call('HGET', previous, 'h') or last_seq
+    end
+    redis.call('HSET', dedup, 'h', last_seq, 'c', string.format('%d', now))
+    redis.call('PEXPIRE', dedup, 2 * ttl)
+  end
+  return tonumber(older)
+end
+local function lookup(dedup, previous, field)
+  return redis.call('HGET', dedup, field) or redis.call('HGET', previous, field)
+end
+local function still_holds(dedup, previous, target, version, changes, sender)
   if changes < version or changes - version > MAX_OVERTAKEN then return false end
   for n = version + 1, changes do
-    local who = redis.call('HGET', dedup, 'w' .. target .. ':' .. n)
+    local who = lookup(dedup, previous, 'w' .. target .. ':' .. n)
     if not who or who == 'd' or who == 'c' .. sender then return false end
   end
   return true
 end
-local function send(room, members, dedup, log, room_id, sender, field, floor_seq, floor_ts,
-                    body, target, version, nothing, deletes)
+local function send(room, members, dedup, log, previous, room_id, sender, field, floor_seq,
+                    floor_ts, body, target, version, nothing, deletes)
   if redis.call('HGET', room, 'state') ~= 'open' then return {'not_found'} end
   if sender ~= '' and redis.call('SISMEMBER', members, sender) == 0 then
     return {'not_member'}
   end
-  if field ~= '' then
-    local known = redis.call('HGET', dedup, field)
-    if known then
-      local seq, ts = string.match(known, '^(%d+) (%d+)$')
-      return {'repeat', seq, ts, last_id(log)}
-    end
-  end
   local last = redis.call('HMGET', room, 'seq', 'ts')
+  if field ~= '' or target ~= '' then
+    local h = horizon(dedup, previous, last[1])
+    if field ~= '' then
+      local known = lookup(dedup, previous, field)
+      if known then
+        local seq, ts = string.match(known, '^(%d+) (%d+)$')
+        return {'repeat', seq, ts, last_id(log)}
+      end
+    end
+    if tonumber(floor_seq) < h then return {'stale', last_id(log)} end
+  end
   if target ~= '' then
     if version == '' then
       if tonumber(target) > tonumber(last[1]) then return {'no_message', target} end
       return {'stale', last_id(log)}
     end
-    local changes = tonumber(redis.call('HGET', dedup, 't' .. target) or '0')
-    if not still_holds(dedup, target, tonumber(version), changes, sender) then
+    local changes = tonumber(lookup(dedup, previous, 't' .. target) or version)
+    if not still_holds(dedup, previous, target, tonumber(version), changes, sender) then
       return {'stale', last_id(log)}
     end
     if nothing == '1' then return {'nothing', last_id(log)} end
-    local count = redis.call('HINCRBY', dedup, 't' .. target, 1)
-    redis.call('HSET', dedup, 'w' .. target .. ':' .. count,
+    local count = string.format('%d', changes + 1)
+    redis.call('HSET', dedup, 't' .. target, count, 'w' .. target .. ':' .. count,
                deletes == '1' and 'd' or 'c' .. sender)
   end
   local seq = math.max(tonumber(last[1]), tonumber(floor_seq)) + 1
@@ -203,16 +250,16 @@ local function send(room, members, dedup, log, room_id, sender, field, floor_seq
   return {'new', seq, ts, id}
 end
 local answers = {}
-for i = 0, #KEYS / 4 - 1 do
-  local k, a = i * 4, 1 + i * 10
-  answers[i + 1] = send(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = i * 5, 2 + i * 10
+  answers[i + 1] = send(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
                         unpack(ARGV, a + 1, a + 10))
 end
 return answers
 "#;
 
-/// KEYS: room, members, dedup, log. ARGV: room id, kind, owner ('' for none), max log length,
-/// change, then the members.
+/// KEYS: room, members, dedup, log, previous dedup. ARGV: room id, kind, owner ('' for
+/// none), max log length, change, then the members.
 const CREATE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'closed' then return {'closed'} end
@@ -226,7 +273,8 @@ for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return {'changed', append(KEYS[4], ARGV[4], 'room', ARGV[1], 'change', ARGV[5])}
 "#;
 
-/// KEYS: room, members, dedup, log. ARGV: room id, user, max log length, change.
+/// KEYS: room, members, dedup, log, previous dedup. ARGV: room id, user, max log length,
+/// change.
 const JOIN: &str = r#"
 local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
 if room[1] ~= 'open' then return {'not_found'} end
@@ -235,7 +283,8 @@ if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(K
 return {'changed', append(KEYS[4], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
 "#;
 
-/// KEYS: room, members, dedup, log. ARGV: room id, user, max log length, change.
+/// KEYS: room, members, dedup, log, previous dedup. ARGV: room id, user, max log length,
+/// change.
 const LEAVE: &str = r#"
 local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
 if room[1] ~= 'open' then return {'not_found'} end
@@ -244,17 +293,18 @@ if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return {'unchanged', last_id(K
 return {'changed', append(KEYS[4], ARGV[3], 'room', ARGV[1], 'change', ARGV[4])}
 "#;
 
-/// KEYS: room, members, dedup, log. ARGV: room id, max log length, change.
+/// KEYS: room, members, dedup, log, previous dedup. ARGV: room id, max log length, change.
 const CLOSE: &str = r#"
 local room = redis.call('HMGET', KEYS[1], 'state', 'kind')
 if room[1] ~= 'open' then return {'unchanged', last_id(KEYS[4])} end
 if room[2] == 'direct' then return {'forbidden'} end
 redis.call('HSET', KEYS[1], 'state', 'closed')
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 return {'changed', append(KEYS[4], ARGV[2], 'room', ARGV[1], 'change', ARGV[3])}
 "#;
 
-/// KEYS: room, members, dedup, log. ARGV: room id, user, max log length, change.
+/// KEYS: room, members, dedup, log, previous dedup. ARGV: room id, user, max log length,
+/// change.
 const READ: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {'not_found'} end
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then return {'not_member'} end
@@ -295,9 +345,14 @@ impl Scripts {
     }
 
     /// One call of the send script that decides every one of `sends`, in order.
-    pub fn send<'a>(&'a self, sends: &[SendArgs], append_spec: &str) -> ScriptInvocation<'a> {
+    pub fn send<'a>(
+        &'a self,
+        sends: &[SendArgs],
+        append_spec: &str,
+        dedup_window: &str,
+    ) -> ScriptInvocation<'a> {
         let mut invocation = self.send.prepare_invoke();
-        invocation.arg(append_spec);
+        invocation.arg(append_spec).arg(dedup_window);
         for send in sends {
             let (target, version, nothing, deletes) = match &send.change {
                 None => (String::new(), String::new(), false, false),
@@ -342,7 +397,14 @@ mod tests {
     fn a_rooms_keys_share_one_hash_tag() {
         let keys = RoomKeys::new(&RoomId::parse("r").unwrap(), 3);
         let typing = typing_key(3);
-        for key in [&keys.room, &keys.members, &keys.dedup, &keys.log, &typing] {
+        for key in [
+            &keys.room,
+            &keys.members,
+            &keys.dedup,
+            &keys.log,
+            &keys.previous_dedup,
+            &typing,
+        ] {
             assert!(key.starts_with("ce:{ce:3}:"), "{key}");
         }
     }

@@ -91,7 +91,7 @@ impl Cluster {
         let mut conn = self.conn()?;
         let replies: Vec<Vec<String>> = self
             .scripts
-            .send(sends, &self.append_spec)
+            .send(sends, &self.append_spec, &self.dedup_window)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;

@@ -14,6 +14,7 @@ use super::authority::Authority;
 use super::change::{Change, Decided, Decision, Made, Post, Proposal};
 use super::changes::{judge_in_room, Judging};
 use super::commit::Durable;
+use super::messages::repeat;
 use super::room::{DedupKey, Room, RoomState};
 use super::rules::Verdict;
 use super::sessions::Disconnect;
@@ -237,11 +238,7 @@ impl Engine {
                     if let Some(id) = &back.client_msg_id {
                         let key = (back.sender.clone(), id.clone());
                         if let Some(stamp) = self.stored_dedup(&room, &key).await? {
-                            return Ok(Decided {
-                                made: Made::Before,
-                                stamp: Some(stamp),
-                                durable: Durable::Now,
-                            });
+                            return Ok(repeat(stamp, Durable::Now));
                         }
                     }
                     post = back;
@@ -270,13 +267,14 @@ impl Engine {
             let key: DedupKey = (post.sender.clone(), id.clone());
             if let Some(stamp) = state.dedup_lookup(&key) {
                 let barrier = self.barrier(slot, room);
-                return Ok(Ok(Decided {
-                    made: Made::Before,
-                    stamp: Some(stamp),
-                    durable: Durable::Commit(barrier),
-                }));
+                return Ok(Ok(repeat(stamp, Durable::Commit(barrier))));
             }
-            if !state.dedup_complete && looked.evictions != Some(state.dedup_evictions) {
+            // What left the window is on disk; the filter check reads no disk, so a new id
+            // is decided in this pass.
+            if !state.dedup_complete
+                && looked.evictions != Some(state.dedup_evictions)
+                && self.dedup_may_be_stored(room, &key)
+            {
                 // Unchanged evictions on the next pass mean nothing left the window since.
                 looked.evictions = Some(state.dedup_evictions);
                 return Ok(Err(Needs::Dedup(post)));

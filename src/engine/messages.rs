@@ -1,6 +1,8 @@
 //! Sending messages, read markers, typing, and the user's room list with unread counts.
 
 use super::change::{Decided, Decision, Made, Post, Proposal};
+use super::commit::Durable;
+use super::local::check_can_post;
 use super::records::stored_id;
 use super::room::{DedupKey, Room, Stamp};
 use super::{Engine, Priority};
@@ -36,6 +38,15 @@ impl Accepted {
         };
         durable.wait().await?;
         Ok(sent)
+    }
+}
+
+/// A repeated `client_msg_id` answered with the first send's `stamp`.
+pub(super) fn repeat(stamp: Stamp, durable: Durable) -> Decided {
+    Decided {
+        made: Made::Before,
+        stamp: Some(stamp),
+        durable,
     }
 }
 
@@ -90,12 +101,74 @@ impl Engine {
         ))
     }
 
+    /// A repeat of a `client_msg_id` this node has already applied, found in the room's
+    /// dedup window or on disk: made before, with the first send's stamp, durable once the
+    /// first send is. `None` when this node has no such send, or when it finds that the
+    /// sender may no longer post (the authority decides then). In cluster mode Redis keeps
+    /// only a recent window of `client_msg_id`s, and this answers for the rest.
+    pub async fn known_repeat(
+        &self,
+        room_id: &RoomId,
+        post: &Post,
+    ) -> Result<Option<Decided>, Error> {
+        let Some(id) = &post.client_msg_id else {
+            return Ok(None);
+        };
+        let Some(room) = self.room(room_id).await? else {
+            return Ok(None);
+        };
+        let key: DedupKey = (post.sender.clone(), id.clone());
+        let may_post = |room: &Room| {
+            let state = room.state();
+            check_can_post(room, &state, post.sender.as_ref()).is_ok()
+        };
+        loop {
+            let (in_window, complete, evictions) = {
+                let state = room.state();
+                let in_window = state.dedup_lookup(&key);
+                (in_window, state.dedup_complete, state.dedup_evictions)
+            };
+            if let Some(stamp) = in_window {
+                if !may_post(&room) {
+                    return Ok(None);
+                }
+                // Submitted after the first send's write, so it commits after it.
+                let slot = self.inner.writer.reserve().await;
+                let barrier = self.barrier(slot, &room);
+                return Ok(Some(repeat(stamp, Durable::Commit(barrier))));
+            }
+            if complete {
+                return Ok(None);
+            }
+            if let Some(stamp) = self.stored_dedup(&room, &key).await? {
+                return Ok(may_post(&room).then(|| repeat(stamp, Durable::Now)));
+            }
+            // Nothing left the window while disk was read: what it now misses is not here.
+            if room.state().dedup_evictions == evictions {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether a repeated `client_msg_id` may be on disk: `false` means it is not. Reads no
+    /// disk, so it is cheap enough under the room's lock, and rules out nearly every new id.
+    pub(super) fn dedup_may_be_stored(&self, room: &Room, key: &DedupKey) -> bool {
+        let sender = key.0.as_ref().map(UserId::as_str);
+        self.inner
+            .storage
+            .dedup_may_exist(room.number, sender, &key.1)
+    }
+
     /// The stamp a repeated `client_msg_id` was first answered with, from disk.
     pub(super) async fn stored_dedup(
         &self,
         room: &Room,
         key: &DedupKey,
     ) -> Result<Option<Stamp>, Error> {
+        // Spares a new id the hop to a blocking thread, which costs more than its send.
+        if !self.dedup_may_be_stored(room, key) {
+            return Ok(None);
+        }
         let (number, sender, id) = (room.number, key.0.clone(), key.1.clone());
         let found = self
             .read_storage(move |s| s.dedup(number, sender.as_ref().map(UserId::as_str), &id))

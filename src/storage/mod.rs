@@ -166,6 +166,9 @@ impl Storage {
         tables.set_block_cache(&cache);
         tables.set_cache_index_and_filter_blocks(true);
         tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Most point reads are for keys that do not exist (a new client_msg_id): a filter
+        // answers those without reading a data block of every table.
+        tables.set_bloom_filter(10.0, false);
         let families = Cf::ALL.iter().map(|cf| {
             let mut family = Options::default();
             family.set_write_buffer_size(config.write_buffer_bytes);
@@ -549,6 +552,19 @@ impl Storage {
         self.get(Cf::Dedup, &keys::dedup(room_number, sender, client_msg_id))
     }
 
+    /// Whether [`Storage::dedup`] may find something: `false` means it will not. Reads
+    /// memtables and cached filters only, never the disk, so it is cheap enough for the
+    /// executor, and a filter rules out nearly every `client_msg_id` never seen.
+    pub fn dedup_may_exist(
+        &self,
+        room_number: u64,
+        sender: Option<&str>,
+        client_msg_id: &str,
+    ) -> bool {
+        let key = keys::dedup(room_number, sender, client_msg_id);
+        self.db.key_may_exist_cf(self.cf(Cf::Dedup), key)
+    }
+
     pub fn message(
         &self,
         room_number: u64,
@@ -763,6 +779,37 @@ mod tests {
         assert_eq!(storage.last_message(3).unwrap(), None);
         assert_eq!(storage.first_seq(1).unwrap(), Some(1));
         assert_eq!(storage.count_unread(1, 4, 9, "even").unwrap(), 3);
+    }
+
+    /// The filter check never misses a stored id, in a memtable or in a table on disk, and
+    /// rules out nearly every id never stored.
+    #[test]
+    fn dedup_may_exist_never_misses_a_stored_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&config_at(dir.path())).unwrap();
+        let mut batch = Batch::new();
+        for n in 0..1_000u64 {
+            let stamp = StampRecord { seq: n + 1, ts: n };
+            batch.dedup(7, Some("rider"), &format!("c{n}"), stamp);
+        }
+        storage.write(&batch.writes, true).unwrap();
+        let stored = |storage: &Storage| {
+            (0..1_000).all(|n| storage.dedup_may_exist(7, Some("rider"), &format!("c{n}")))
+        };
+        assert!(stored(&storage), "in the memtable");
+        storage.db.flush_cf(storage.cf(Cf::Dedup)).unwrap();
+        assert!(stored(&storage), "in a table");
+        let ruled_out = (0..1_000)
+            .filter(|n| !storage.dedup_may_exist(7, Some("rider"), &format!("new{n}")))
+            .count();
+        assert!(
+            ruled_out > 950,
+            "the filter ruled out {ruled_out} of 1000 new ids"
+        );
+        assert_eq!(
+            storage.dedup(7, Some("rider"), "c3").unwrap().unwrap().seq,
+            4
+        );
     }
 
     #[test]
