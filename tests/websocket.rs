@@ -592,6 +592,38 @@ fn repeated_client_msg_id_returns_first_sent_and_stores_nothing() {
     );
 }
 
+/// With room for four messages of a room in memory, a retry of any earlier send is still
+/// answered with its first seq (found on disk), and new ids are never taken for repeats.
+#[test]
+fn retries_of_ids_that_left_memory_are_found_on_disk() {
+    let server = TestServer::start_with(|c| {
+        c.history.cache_per_room = 4;
+        c.limits.send_rate = 10_000;
+    });
+    server.create_room("r1", "d1");
+    let mut d1 = server.ws("d1");
+    let send = |c: &mut Client, n: usize| {
+        c.request_ok(
+            json!({"type": "send", "room_id": "r1", "text": format!("m{n}"),
+                   "client_msg_id": format!("c{n}")}),
+            "sent",
+        )["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    for n in 0..40 {
+        assert_eq!(send(&mut d1, n), n as u64 + 1, "new id c{n}");
+    }
+    for n in [0, 20, 35, 39] {
+        assert_eq!(send(&mut d1, n), n as u64 + 1, "retry of c{n}");
+    }
+    for n in 40..80 {
+        assert_eq!(send(&mut d1, n), n as u64 + 1, "new id c{n}");
+    }
+    let history = d1.sync(json!({"room_id": "r1", "since_seq": 0, "limit": 100}));
+    assert_eq!(seqs_of(&history), (1..=80).collect::<Vec<_>>());
+}
+
 #[track_caller]
 fn assert_direct_room(room: &Value, a: &str, b: &str) {
     assert_eq!(room["kind"], "direct", "{room}");

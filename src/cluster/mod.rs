@@ -144,7 +144,7 @@ pub struct Cluster {
     /// `<max_len>:<node>` argument: a logged change names the node that asked for it.
     node: String,
     append_spec: String,
-    /// `<max fields> <ttl ms>` of each room's dedup window, for the send script.
+    /// `<max fields> <ttl ms>` of each room's dedup generations, for the send script.
     dedup_window: String,
 }
 

@@ -143,12 +143,12 @@ end
 /// Decides any number of messages, or changes to messages, in one call: how a node sends
 /// everything that queued up while its previous call was out (see `sends.rs`). KEYS: room,
 /// members, dedup, log and previous dedup of each send in turn. ARGV: the append spec, the
-/// dedup window (`<max fields> <ttl ms>`), then ten per send in [`SendArgs`]'s order: room
-/// id, sender ('' for RouteAPI), dedup field ('' for none), floor seq and floor ts (the
-/// asking node's last when it judged the send; never go below them), message body, and for
-/// a message change the target's seq ('' for a new message), its change count on the asking
-/// node ('' when that node does not have it yet), '1' when the node judged that the change
-/// changes nothing, and '1' when it deletes its target.
+/// dedup generations' size and term (`<max fields> <ttl ms>`), then ten per send in
+/// [`SendArgs`]'s order: room id, sender ('' for RouteAPI), dedup field ('' for none), floor
+/// seq and floor ts (the asking node's last when it judged the send; never go below them),
+/// message body, and for a message change the target's seq ('' for a new message), its
+/// change count on the asking node ('' when that node does not have it yet), '1' when the
+/// node judged that the change changes nothing, and '1' when it deletes its target.
 ///
 /// Redis keeps a room's dedup fields in two generations, so its memory follows the rooms
 /// in use. The current one takes every new field; once it holds `max fields` or is `ttl`

@@ -105,7 +105,7 @@ impl Engine {
     /// dedup window or on disk: made before, with the first send's stamp, durable once the
     /// first send is. `None` when this node has no such send, or when it finds that the
     /// sender may no longer post (the authority decides then). In cluster mode Redis keeps
-    /// only a recent window of `client_msg_id`s, and this answers for the rest.
+    /// only two recent generations of `client_msg_id`s, and this answers for the rest.
     pub async fn known_repeat(
         &self,
         room_id: &RoomId,
