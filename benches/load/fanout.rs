@@ -1,6 +1,6 @@
 //! Fan-out: rooms of members, each member a real WebSocket connection, one sender per room.
-//! Every message carries its number in the room and its send time (and with
-//! `LOAD_CLIENT_MSG_ID=1` a `client_msg_id`); every receiver checks
+//! Every message carries its number in the room and its send time (and, for a shape that
+//! says so, a `client_msg_id`); every receiver checks
 //! order, loss and duplicates and records the send-to-delivery latency.
 
 use std::cell::{Cell, RefCell};
@@ -20,6 +20,9 @@ use crate::target::{Kind, Target};
 pub struct Shape {
     pub rooms: usize,
     pub members: usize,
+    /// Every chat-engine send carries a `client_msg_id`, as a real app's do, so each is
+    /// checked for a repeat.
+    pub client_msg_ids: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -91,16 +94,9 @@ fn stamp_of(frame: &str) -> Option<(u64, u64)> {
     Some((number.parse().ok()?, micros.parse().ok()?))
 }
 
-/// `LOAD_CLIENT_MSG_ID=1`: every send carries a `client_msg_id`, as a real app's do, so
-/// each is checked for a repeat.
-fn with_client_msg_ids() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("LOAD_CLIENT_MSG_ID").is_some())
-}
-
-fn send_frame(kind: Kind, room: &str, number: u64, micros: u64) -> String {
+fn send_frame(kind: Kind, ids: bool, room: &str, number: u64, micros: u64) -> String {
     match kind {
-        Kind::ChatEngine if with_client_msg_ids() => format!(
+        Kind::ChatEngine if ids => format!(
             r#"{{"type":"send","room_id":"{room}","text":"{number}|{micros}","client_msg_id":"m{number}"}}"#
         ),
         Kind::ChatEngine => {
@@ -133,13 +129,21 @@ pub fn run(target: &Target, shape: Shape, load: Load, measure: Duration) -> Outc
         target.create_room(&agent, room, members);
     }
     let executor = smol::LocalExecutor::new();
-    smol::block_on(executor.run(drive(&executor, target, rooms, load, measure)))
+    smol::block_on(executor.run(drive(
+        &executor,
+        target,
+        rooms,
+        shape.client_msg_ids,
+        load,
+        measure,
+    )))
 }
 
 async fn drive(
     executor: &smol::LocalExecutor<'_>,
     target: &Target,
     rooms: Vec<(String, Vec<String>)>,
+    ids: bool,
     load: Load,
     measure: Duration,
 ) -> Outcome {
@@ -236,7 +240,7 @@ async fn drive(
                     let _ = go.recv().await;
                     let mut sink = sink;
                     while !stop.get() && tokens.recv().await.is_ok() {
-                        let frame = send_frame(kind, &room, sent.get(), micros());
+                        let frame = send_frame(kind, ids, &room, sent.get(), micros());
                         if sink.send(Message::text(frame)).await.is_err() {
                             return;
                         }
@@ -266,7 +270,7 @@ async fn drive(
                 while credit >= 1.0 {
                     credit -= 1.0;
                     let (sink, room, sent) = &mut paced[next_room];
-                    let frame = send_frame(kind, room, sent.get(), micros());
+                    let frame = send_frame(kind, ids, room, sent.get(), micros());
                     if sink.feed(Message::text(frame)).await.is_err() {
                         return;
                     }

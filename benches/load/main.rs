@@ -144,6 +144,7 @@ fn main() {
         let shape = Shape {
             rooms: number(1) as usize,
             members: number(2) as usize,
+            client_msg_ids: std::env::var_os("LOAD_CLIENT_MSG_ID").is_some(),
         };
         let load = match number(3) {
             0 => Load::Saturation { window: 32 },
@@ -162,10 +163,16 @@ fn main() {
     let wide = Shape {
         rooms: 100,
         members: 10,
+        client_msg_ids: false,
+    };
+    let wide_with_ids = Shape {
+        client_msg_ids: true,
+        ..wide
     };
     let tall = Shape {
         rooms: 10,
         members: 100,
+        client_msg_ids: false,
     };
     let saturate = Load::Saturation { window: 32 };
     let mut rows = Vec::new();
@@ -202,6 +209,11 @@ fn main() {
         ),
         ("1: 100 rooms x 10, saturation", wide, saturate),
         (
+            "1: 100 rooms x 10, saturation, with client_msg_ids",
+            wide_with_ids,
+            saturate,
+        ),
+        (
             "2: 10 rooms x 100, 1k msg/s offered",
             tall,
             Load::Rate(1_000),
@@ -212,6 +224,7 @@ fn main() {
             Shape {
                 rooms: 100,
                 members: 1,
+                client_msg_ids: false,
             },
             saturate,
         ),
@@ -266,19 +279,28 @@ fn main() {
 }
 
 /// Cluster mode on one Redis: 1 and 2 nodes, members spread over the nodes in turn (every
-/// room's sender on the first), at saturation and at a moderate rate. Needs the `redis`
-/// feature and redis-server; `None` explains what is missing.
+/// room's sender on the first), at saturation and at a moderate rate, and one node at
+/// saturation with a `client_msg_id` on every send. Needs the `redis` feature and
+/// redis-server; `None` explains what is missing.
 fn cluster_runs(shape: Shape, saturate: Load, measure: Duration) -> Result<Vec<Row>, String> {
     if !cfg!(feature = "redis") {
         return Err("run `cargo bench --features redis --bench load` to include them".into());
     }
+    let with_ids = Shape {
+        client_msg_ids: true,
+        ..shape
+    };
     let mut rows = Vec::new();
     for nodes in [1, 2] {
         let target = Target::chat_engine_cluster(nodes).ok_or("redis-server is not installed")?;
-        for (load, name) in [
-            (Load::Rate(2_000), "2k msg/s offered"),
-            (saturate, "saturation"),
-        ] {
+        let mut runs = vec![
+            (shape, Load::Rate(2_000), "2k msg/s offered"),
+            (shape, saturate, "saturation"),
+        ];
+        if nodes == 1 {
+            runs.push((with_ids, saturate, "saturation, with client_msg_ids"));
+        }
+        for (shape, load, name) in runs {
             rows.push(Row {
                 scenario: format!("{nodes} node(s), 100 rooms x 10, {name}"),
                 outcome: fanout::run(&target, shape, load, measure),

@@ -544,6 +544,7 @@ pub fn run(rooms: usize, measure: Duration) {
     let shape = Shape {
         rooms: 100,
         members: 10,
+        client_msg_ids: false,
     };
     let saturate = Load::Saturation { window: 32 };
     let (mut on_empty, mut on_scale) = (Vec::new(), Vec::new());

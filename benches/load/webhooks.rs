@@ -24,6 +24,7 @@ pub struct Results {
 const SHAPE: Shape = Shape {
     rooms: 100,
     members: 1,
+    client_msg_ids: false,
 };
 
 pub fn run(measure: Duration) -> Results {
