@@ -789,6 +789,59 @@ fn retention_deletes_old_messages_and_the_seq_goes_on() {
     assert_eq!(find_room(&rooms, "r1").unwrap()["unread"], 1, "{rooms:?}");
 }
 
+/// A `client_msg_id` is remembered as long as its message is kept: once retention (here
+/// 2 s) deleted the message, a retry is a new message, whether the id was in the room's
+/// memory or, after a restart, only on disk.
+#[test]
+fn retention_forgets_the_client_msg_ids_of_what_it_deleted() {
+    const RETENTION: Duration = Duration::from_secs(2);
+    let data = tempfile::tempdir().unwrap();
+    let config = config_toml(&format!(
+        "[history]\nretention_days = {}\n",
+        RETENTION.as_secs_f64() / 86_400.0
+    ));
+    let post = |p: &Process| {
+        let body = json!({"text": "pickup moved", "client_msg_id": "k"});
+        let (status, reply) = p.rest("POST", "/v1/rooms/r1/messages", Some(body));
+        (status, reply["message"]["seq"].clone())
+    };
+    let mut p = Process::start(data.path(), &config);
+    p.create_room("r1", "d1");
+    assert_eq!(post(&p), (201, json!(1)));
+    assert_eq!(
+        post(&p),
+        (200, json!(1)),
+        "a retry while the message is kept"
+    );
+    wait_for_seqs(&p, &[], RETENTION * 3);
+    assert_eq!(
+        post(&p),
+        (201, json!(2)),
+        "a retry after retention deleted it"
+    );
+
+    terminate_cleanly(&mut p);
+    drop(p);
+    let p = Process::start(data.path(), &config);
+    assert_eq!(post(&p), (200, json!(2)), "after a restart, from disk");
+    wait_for_seqs(&p, &[], RETENTION * 3);
+    // The sweep that deleted it marks its id forgotten right after.
+    let deadline = Instant::now() + RETENTION;
+    loop {
+        match post(&p) {
+            (201, seq) => {
+                assert_eq!(seq, 3);
+                break;
+            }
+            (status, seq) => {
+                assert_eq!((status, seq), (200, json!(2)));
+                assert!(Instant::now() < deadline, "the id was never forgotten");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// A full disk: sends get `unavailable` (never a false `sent`) and `/readyz` 503; once space
 /// returns the server recovers by itself, with no seq gap, and after SIGKILL and restart
 /// every acknowledged message is there. Runs on a real, small tmpfs.

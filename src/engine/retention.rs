@@ -26,8 +26,11 @@ impl Engine {
         loop {
             smol::Timer::after(every).await;
             let cutoff = now_ms().saturating_sub(period.as_millis() as u64);
-            if let Err(e) = self.delete_older_than(cutoff).await {
-                log::error!("retention sweep failed (will retry): {e}");
+            match self.delete_older_than(cutoff).await {
+                // Only once their messages are gone: a retry must find its first send for
+                // as long as that is kept.
+                Ok(()) => self.inner.storage.expire_dedup_before(cutoff),
+                Err(e) => log::error!("retention sweep failed (will retry): {e}"),
             }
         }
     }

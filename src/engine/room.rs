@@ -351,11 +351,21 @@ impl RoomState {
         }
     }
 
-    /// Forgets the messages before `first_kept`, which retention deleted.
+    /// Forgets the messages before `first_kept`, which retention deleted, and their
+    /// `client_msg_id`s: an id is remembered as long as its message is kept.
     pub fn purge_before(&mut self, first_kept: u64) {
         self.first_seq = self.first_seq.max(first_kept);
         while self.recent.front().is_some_and(|m| m.seq < first_kept) {
             self.recent.pop_front();
+        }
+        while self
+            .dedup_order
+            .front()
+            .is_some_and(|(_, seq)| *seq < first_kept)
+        {
+            if let Some((key, _)) = self.dedup_order.pop_front() {
+                self.dedup.remove(&key);
+            }
         }
     }
 
@@ -483,6 +493,21 @@ mod tests {
         assert_eq!(state.dedup_lookup(&key("b")), None);
         assert_eq!(state.dedup_lookup(&key("c")), None);
         assert_eq!(state.assigned, state.committed);
+    }
+
+    #[test]
+    fn purged_messages_take_their_client_msg_ids_with_them() {
+        let mut state = state(10);
+        let key = |n: &str| (None, n.to_string());
+        for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            state.dedup_insert(key(id), Stamp { seq, ts: seq });
+            state.commit(message(seq, seq), None);
+        }
+        state.purge_before(3);
+        assert_eq!(state.dedup_lookup(&key("a")), None);
+        assert_eq!(state.dedup_lookup(&key("b")), None);
+        assert_eq!(state.dedup_lookup(&key("c")), Some(Stamp { seq: 3, ts: 3 }));
+        assert_eq!(state.dedup_evictions, 0, "nothing left for disk to answer");
     }
 
     #[test]

@@ -10,7 +10,10 @@ pub mod keys;
 pub mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
 pub use batch::{Batch, KeyWrite};
@@ -144,6 +147,9 @@ pub struct Storage {
     db: DB,
     /// The number the next outbox event gets.
     next_event: std::sync::Mutex<u64>,
+    /// Dedup records of messages older than this ts (ms) are gone: retention deleted their
+    /// messages. Lookups ignore them and compactions drop them. 0 until retention says.
+    dedup_expired_before: Arc<AtomicU64>,
     /// Test hook: while set, every write fails as a full disk would.
     #[cfg(test)]
     pub(crate) fail_writes: std::sync::atomic::AtomicBool,
@@ -169,10 +175,24 @@ impl Storage {
         // Most point reads are for keys that do not exist (a new client_msg_id): a filter
         // answers those without reading a data block of every table.
         tables.set_bloom_filter(10.0, false);
+        let dedup_expired_before = Arc::new(AtomicU64::new(0));
         let families = Cf::ALL.iter().map(|cf| {
             let mut family = Options::default();
             family.set_write_buffer_size(config.write_buffer_bytes);
             family.set_block_based_table_factory(&tables);
+            if *cf == Cf::Dedup {
+                let expired_before = dedup_expired_before.clone();
+                family.set_compaction_filter("expired_dedup", move |_, _, value: &[u8]| {
+                    let cutoff = expired_before.load(Ordering::Relaxed);
+                    match codec::decode::<StampRecord>(Cf::Dedup.name(), value) {
+                        Ok(stamp) if stamp.ts < cutoff => Decision::Remove,
+                        _ => Decision::Keep,
+                    }
+                });
+                // Tables are compacted, and so filtered, at least daily, even where no
+                // new writes would make them.
+                family.set_periodic_compaction_seconds(24 * 60 * 60);
+            }
             ColumnFamilyDescriptor::new(cf.name(), family)
         });
         let db = DB::open_cf_descriptors(&options, &config.path, families)?;
@@ -180,6 +200,7 @@ impl Storage {
         let storage = Storage {
             db,
             next_event: std::sync::Mutex::new(next_event),
+            dedup_expired_before,
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicBool::new(false),
         };
@@ -549,7 +570,16 @@ impl Storage {
         sender: Option<&str>,
         client_msg_id: &str,
     ) -> Result<Option<StampRecord>, StorageError> {
-        self.get(Cf::Dedup, &keys::dedup(room_number, sender, client_msg_id))
+        let found: Option<StampRecord> =
+            self.get(Cf::Dedup, &keys::dedup(room_number, sender, client_msg_id))?;
+        let cutoff = self.dedup_expired_before.load(Ordering::Relaxed);
+        Ok(found.filter(|stamp| stamp.ts >= cutoff))
+    }
+
+    /// Forgets the dedup records of messages older than `ts` (ms), whose messages retention
+    /// deleted: a `client_msg_id` is remembered as long as its message is kept.
+    pub fn expire_dedup_before(&self, ts: u64) {
+        self.dedup_expired_before.fetch_max(ts, Ordering::Relaxed);
     }
 
     /// Whether [`Storage::dedup`] may find something: `false` means it will not. Reads
@@ -810,6 +840,43 @@ mod tests {
             storage.dedup(7, Some("rider"), "c3").unwrap().unwrap().seq,
             4
         );
+    }
+
+    /// Dedup records older than retention's cutoff are ignored at once and dropped by the
+    /// next compaction; newer ones stay.
+    #[test]
+    fn expired_dedup_records_are_ignored_then_compacted_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&config_at(dir.path())).unwrap();
+        let mut batch = Batch::new();
+        for n in 0..100u64 {
+            let stamp = StampRecord {
+                seq: n + 1,
+                ts: 1_000 + n,
+            };
+            batch.dedup(3, None, &format!("c{n}"), stamp);
+        }
+        storage.write(&batch.writes, true).unwrap();
+        storage.expire_dedup_before(1_050);
+        assert!(storage.dedup(3, None, "c49").unwrap().is_none(), "expired");
+        assert_eq!(storage.dedup(3, None, "c50").unwrap().unwrap().seq, 51);
+        let records = |storage: &Storage| {
+            let cf = storage.cf(Cf::Dedup);
+            storage.db.iterator_cf(cf, IteratorMode::Start).count()
+        };
+        assert_eq!(records(&storage), 100, "still on disk until compacted");
+        storage.db.flush_cf(storage.cf(Cf::Dedup)).unwrap();
+        storage
+            .db
+            .compact_range_cf(storage.cf(Cf::Dedup), None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(
+            records(&storage),
+            50,
+            "the compaction dropped the expired half"
+        );
+        // The cutoff never moves back.
+        storage.expire_dedup_before(10);
+        assert!(storage.dedup(3, None, "c0").unwrap().is_none());
     }
 
     #[test]
