@@ -258,8 +258,8 @@ pub struct ClusterConfig {
     /// starts: Redis keeps only the current and the previous generation of `client_msg_id`s
     /// and change counts, and the nodes' own storage answers for the rest.
     pub dedup_max_fields: u64,
-    /// How long a generation stays current (ms); a previous one lives this long more, so a
-    /// room that goes quiet costs Redis nothing.
+    /// How long a generation stays current (ms); a previous one lives twice this long more,
+    /// so a room that goes quiet costs Redis nothing.
     pub dedup_ttl_ms: u64,
 }
 

@@ -150,14 +150,15 @@ end
 /// change count on the asking node ('' when that node does not have it yet), '1' when the
 /// node judged that the change changes nothing, and '1' when it deletes its target.
 ///
-/// Redis keeps a room's dedup fields in two generations, so its memory follows the rooms
-/// in use. The current one takes every new field; once it holds `max fields` or is `ttl`
-/// old it becomes the previous one (which lives `ttl` more) and a new one starts. Each
-/// records in `h` the room's last seq when it started. Before the horizon, the older
-/// generation's `h`, Redis holds nothing, and every node holds everything in its own
-/// storage; a node looks there first, so a send whose node had not applied the room up to
-/// the horizon when it looked answers `stale`. With two generations only a node a whole
-/// generation behind is stale, not every send in flight when one starts.
+/// Redis keeps a room's dedup fields in two generations, so its memory follows the rooms in
+/// use. The current one takes every new field; once it holds `max fields` or is `ttl` old
+/// it becomes the previous one (which lives two `ttl`s more) and a new one starts. Each
+/// records in `h` the room's last seq when it started, and in `p` the previous one's `h`.
+/// Before the horizon, the older generation's `h`, Redis holds nothing, and every node
+/// holds everything in its own storage; a node looks there first, so a send whose node had
+/// not applied the room up to the horizon when it looked answers `stale`. With two
+/// generations only a node a whole generation behind is stale, not every send in flight
+/// when one starts.
 ///
 /// A change is accepted if the target has had as many changes here as on the asking node,
 /// whose rules judged it, or if every change made since was neither a delete nor the same
@@ -178,25 +179,28 @@ local MAX_OVERTAKEN = 64
 local max_fields, ttl = string.match(ARGV[2], '^(%d+) (%d+)$')
 max_fields, ttl = tonumber(max_fields), tonumber(ttl)
 -- Starts a new generation when the current one is missing, full or old, and answers the
--- horizon. A hash from before generations has no `h`: it holds the room's whole life.
-local function horizon(dedup, previous, last_seq)
-  local current = redis.call('HMGET', dedup, 'h', 'c')
-  local older
+-- horizon and what the current generation holds under `field` ('' for nothing). Each
+-- generation records where it started (`h`), when (`c`), and where the one before it did
+-- (`p`). A hash from before generations has no `h`: it holds the room's whole life.
+local function horizon(dedup, previous, last_seq, field)
+  local current = redis.call('HMGET', dedup, 'h', 'c', 'p', field)
   if current[2] and tonumber(current[2]) + ttl > now
       and redis.call('HLEN', dedup) < max_fields then
-    older = redis.call('HGET', previous, 'h') or current[1]
-  else
-    if redis.call('EXISTS', dedup) == 1 then
-      redis.call('RENAME', dedup, previous)
-      redis.call('PEXPIRE', previous, ttl)
-      older = current[1] or '0'
-    else
-      older = redis.call('HGET', previous, 'h') or last_seq
-    end
-    redis.call('HSET', dedup, 'h', last_seq, 'c', string.format('%d', now))
-    redis.call('PEXPIRE', dedup, 2 * ttl)
+    return tonumber(current[3] or current[1]), current[4]
   end
-  return tonumber(older)
+  local older
+  if redis.call('EXISTS', dedup) == 1 then
+    redis.call('RENAME', dedup, previous)
+    -- Outlives the new generation's term, so `p` never names a hash that is gone.
+    redis.call('PEXPIRE', previous, 2 * ttl)
+    older = current[1] or '0'
+  else
+    redis.call('DEL', previous)
+    older = last_seq
+  end
+  redis.call('HSET', dedup, 'h', last_seq, 'c', string.format('%d', now), 'p', older)
+  redis.call('PEXPIRE', dedup, 2 * ttl)
+  return tonumber(older), current[4]
 end
 local function lookup(dedup, previous, field)
   return redis.call('HGET', dedup, field) or redis.call('HGET', previous, field)
@@ -211,15 +215,15 @@ local function still_holds(dedup, previous, target, version, changes, sender)
 end
 local function send(room, members, dedup, log, previous, room_id, sender, field, floor_seq,
                     floor_ts, body, target, version, nothing, deletes)
-  if redis.call('HGET', room, 'state') ~= 'open' then return {'not_found'} end
+  local last = redis.call('HMGET', room, 'seq', 'ts', 'state')
+  if last[3] ~= 'open' then return {'not_found'} end
   if sender ~= '' and redis.call('SISMEMBER', members, sender) == 0 then
     return {'not_member'}
   end
-  local last = redis.call('HMGET', room, 'seq', 'ts')
   if field ~= '' or target ~= '' then
-    local h = horizon(dedup, previous, last[1])
+    local h, known = horizon(dedup, previous, last[1], field)
     if field ~= '' then
-      local known = lookup(dedup, previous, field)
+      known = known or redis.call('HGET', previous, field)
       if known then
         local seq, ts = string.match(known, '^(%d+) (%d+)$')
         return {'repeat', seq, ts, last_id(log)}
