@@ -137,7 +137,9 @@ impl Engine {
                 let barrier = self.barrier(slot, &room);
                 return Ok(Some(repeat(stamp, Durable::Commit(barrier))));
             }
-            if complete {
+            // The filter check spares a new id the hop to a blocking thread, which costs
+            // more than its send.
+            if complete || !self.dedup_may_be_stored(&room, &key) {
                 return Ok(None);
             }
             if let Some(stamp) = self.stored_dedup(&room, &key).await? {
@@ -165,10 +167,6 @@ impl Engine {
         room: &Room,
         key: &DedupKey,
     ) -> Result<Option<Stamp>, Error> {
-        // Spares a new id the hop to a blocking thread, which costs more than its send.
-        if !self.dedup_may_be_stored(room, key) {
-            return Ok(None);
-        }
         let (number, sender, id) = (room.number, key.0.clone(), key.1.clone());
         let found = self
             .read_storage(move |s| s.dedup(number, sender.as_ref().map(UserId::as_str), &id))
