@@ -745,16 +745,21 @@ fn wait_for_seqs(p: &Process, want: &[u64], within: Duration) {
     }
 }
 
+/// A server config whose `history.retention_days` is `retention`.
+fn retention_config(retention: Duration) -> String {
+    config_toml(&format!(
+        "[history]\nretention_days = {}\n",
+        retention.as_secs_f64() / 86_400.0
+    ))
+}
+
 /// `history.retention_days` (here 4 s) deletes each message once it is older, and a room
 /// whose every message expired goes on from the same seq after a restart.
 #[test]
 fn retention_deletes_old_messages_and_the_seq_goes_on() {
     const RETENTION: Duration = Duration::from_secs(4);
     let data = tempfile::tempdir().unwrap();
-    let config = config_toml(&format!(
-        "[history]\nretention_days = {}\n",
-        RETENTION.as_secs_f64() / 86_400.0
-    ));
+    let config = retention_config(RETENTION);
     let mut p = Process::start(data.path(), &config);
     p.create_room("r1", "d1");
     for i in 1..=3 {
@@ -796,10 +801,7 @@ fn retention_deletes_old_messages_and_the_seq_goes_on() {
 fn retention_forgets_the_client_msg_ids_of_what_it_deleted() {
     const RETENTION: Duration = Duration::from_secs(2);
     let data = tempfile::tempdir().unwrap();
-    let config = config_toml(&format!(
-        "[history]\nretention_days = {}\n",
-        RETENTION.as_secs_f64() / 86_400.0
-    ));
+    let config = retention_config(RETENTION);
     let post = |p: &Process| {
         let body = json!({"text": "pickup moved", "client_msg_id": "k"});
         let (status, reply) = p.rest("POST", "/v1/rooms/r1/messages", Some(body));
