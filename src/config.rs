@@ -134,7 +134,8 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// HS256 secret that app tokens are signed with.
+    /// HS256 secret that app tokens are signed with. Empty turns HS256 off, which only a
+    /// server with public keys (below) may do.
     pub jwt_secret: String,
     /// Public keys (PEM) that app tokens may be signed for instead: RSA (RS256), P-256
     /// (ES256) or Ed25519 (EdDSA), as an identity provider publishes them.
@@ -415,8 +416,13 @@ impl Config {
                 self.server.threads
             ));
         }
-        if self.auth.jwt_secret.is_empty() {
-            return invalid("auth.jwt_secret is empty".into());
+        let public = !self.auth.jwt_public_keys.is_empty() || self.auth.jwks_url.is_some();
+        if self.auth.jwt_secret.is_empty() && !public {
+            return invalid(
+                "auth.jwt_secret is empty, and no auth.jwt_public_keys or auth.jwks_url \
+                 verifies tokens instead"
+                    .into(),
+            );
         }
         for (i, pem) in self.auth.jwt_public_keys.iter().enumerate() {
             if let Err(why) = crate::auth::public_key(pem) {

@@ -164,6 +164,10 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    // First, so an address that cannot be listened on is the one line on stderr.
+    let address = config.listen_addr().context("server.listen")?;
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("cannot listen on {address}"))?;
     for key in config.development_secrets() {
         log::warn!(
             "!!! {key} is the built-in DEVELOPMENT value: anyone can use it. \
@@ -176,9 +180,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let threads = config.server.worker_threads();
     std::env::set_var("SMOL_THREADS", threads.to_string());
     log::info!("serving on {threads} thread(s)");
-    let address = config.listen_addr().context("server.listen")?;
-    let listener = std::net::TcpListener::bind(address)
-        .with_context(|| format!("cannot listen on {address}"))?;
     log::info!("listening on {}", listener.local_addr()?);
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])

@@ -15,6 +15,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of [`Metrics::encode_classic`]'s output.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -267,6 +269,41 @@ impl Metrics {
         }
         text
     }
+
+    /// The same in the classic Prometheus text format (0.0.4), for scrapers and tools that
+    /// do not ask for OpenMetrics: a counter's family is named with its `_total` (OpenMetrics
+    /// names it without), and the `# UNIT` and `# EOF` lines, which it lacks, are left out.
+    pub fn encode_classic(&self) -> String {
+        let open = self.encode();
+        let mut text = String::with_capacity(open.len());
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.strip_suffix(" counter"))
+            .collect();
+        for line in open.lines() {
+            if line.starts_with("# UNIT ") || line == "# EOF" {
+                continue;
+            }
+            let described = ["# HELP ", "# TYPE "]
+                .into_iter()
+                .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+            match described {
+                Some((prefix, rest)) => {
+                    let name = rest.split(' ').next().unwrap_or_default();
+                    text.push_str(prefix);
+                    text.push_str(name);
+                    if counters.contains(name) {
+                        text.push_str("_total");
+                    }
+                    text.push_str(&rest[name.len()..]);
+                }
+                None => text.push_str(line),
+            }
+            text.push('\n');
+        }
+        text
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +327,48 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_with_total_and_has_no_eof() {
+        let metrics = Metrics::new();
+        metrics.messages_stored.inc();
+        metrics.commit_seconds.observe(0.0002);
+        let text = metrics.encode_classic();
+        for line in [
+            "# TYPE chat_engine_messages_stored_total counter",
+            "chat_engine_messages_stored_total 1",
+            "# TYPE chat_engine_commit_seconds histogram",
+            "chat_engine_commit_seconds_count 1",
+            "# TYPE chat_engine_connections gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("# HELP chat_engine_messages_stored_total ")));
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample belongs to a family of that name (histograms' own suffixes aside).
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect();
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| families.contains(base))
+                .unwrap_or(name);
+            assert!(families.contains(&family), "{sample} has no family");
         }
     }
 }

@@ -187,9 +187,36 @@ fn change_rules_and_their_errors() {
     driver.request_ok(delete("r-rules", 1), "ok");
     driver.request_err(edit("r-rules", 1, "back"), "conflict");
     rider.request_err(react("r-rules", 1, "😮"), "conflict");
+    // What would change nothing is `ok` on a deleted message too (a retry stays safe);
+    // taking back a reaction left on it is a change to it, so a conflict.
+    rider.request_ok(unreact("r-rules", 1, "😮"), "ok");
+    rider.request_ok(react("r-rules", 1, &"x".repeat(32)), "ok");
+    rider.request_err(unreact("r-rules", 1, &"x".repeat(32)), "conflict");
     // Nothing was stored for any refused or empty change.
     let last = rider.sync(json!({"room_id": "r-rules"}));
     assert_eq!(common::seqs_of(&last).last(), Some(&seq));
+
+    // A delete removes `data` too; RouteAPI's has no sender.
+    let sent = driver.request_ok(
+        json!({"type": "send", "room_id": "r-rules", "text": "pin", "data": {"lat": 1.5}}),
+        "sent",
+    );
+    let pin = sent["seq"].as_u64().unwrap();
+    assert_eq!(synced(rider, "r-rules", pin)["data"], json!({"lat": 1.5}));
+    let (status, _) = server.rest("DELETE", &format!("/v1/rooms/r-rules/messages/{pin}"), None);
+    assert_eq!(status, 204);
+    let target = synced(rider, "r-rules", pin);
+    assert_eq!(
+        (target["deleted"].clone(), target["text"].clone()),
+        (json!(true), json!(""))
+    );
+    assert!(target.get("data").is_none(), "{target}");
+    let change = synced(rider, "r-rules", pin + 1);
+    assert_eq!(change["kind"], "delete");
+    assert!(change["sender"].is_null(), "{change}");
+    // The sender's own edit is now a conflict, their delete changes nothing.
+    driver.request_err(edit("r-rules", pin, "again"), "conflict");
+    driver.request_ok(delete("r-rules", pin), "ok");
 }
 
 #[test]

@@ -559,6 +559,18 @@ fn bad_listen_flag_exits_non_zero() {
     assert!(!stderr.trim().is_empty(), "a reason on stderr");
 }
 
+#[test]
+fn a_listen_address_in_use_exits_non_zero_with_a_one_line_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = serve_until_exit(&address, &dir.path().join("data"));
+    assert!(!status.success(), "{status:?}; {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got:\n{stderr}");
+    assert!(lines[0].contains(&address), "{}", lines[0]);
+}
+
 fn token_cmd(args: &[&str]) -> String {
     let (status, stdout, stderr) = run_bin(args, Duration::from_secs(15));
     assert!(

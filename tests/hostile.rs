@@ -195,3 +195,18 @@ fn floods_of_bad_frames_close_the_offender_and_spare_everyone_else() {
     assert_eq!(seqs_of(&history), (1..=50).collect::<Vec<_>>());
     friend.expect_silence(Duration::from_millis(100));
 }
+
+/// RFC 6455 has a text frame that is not UTF-8 fail the connection: 1007, and the other
+/// connections of the user go on.
+#[test]
+fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    let server = TestServer::start();
+    let mut bad = server.ws("u1");
+    let mut other = server.ws("u1");
+    let invalid = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    assert!(bad.try_send(tungstenite::Message::Frame(invalid)));
+    assert_eq!(bad.expect_close(RECV_TIMEOUT), Some(1007));
+    assert_eq!(other.request(json!({"type": "ping"}))["type"], "pong");
+}

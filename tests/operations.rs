@@ -50,7 +50,9 @@ fn metrics_count_connections_messages_deliveries_and_refusals() {
         json!({"type": "send", "room_id": "r1", "text": "x".repeat(200)}),
         "too_large",
     );
-    // The burst is 2 and the refused send took the second token.
+    // The burst is 2: a message too large takes no token, so the next send has the second.
+    u1.send_msg("r1", "two");
+    u2.expect_push("message");
     u1.request_err(
         json!({"type": "send", "room_id": "r1", "text": "three"}),
         "rate_limited",
@@ -68,9 +70,9 @@ fn metrics_count_connections_messages_deliveries_and_refusals() {
 
     let text = server.metrics();
     let value = |series: &str| metric_value(&text, series);
-    assert_eq!(value("chat_engine_messages_stored_total"), 1.0, "{text}");
-    // The message reaches both members' one connection.
-    assert_eq!(value("chat_engine_deliveries_total"), 2.0, "{text}");
+    assert_eq!(value("chat_engine_messages_stored_total"), 2.0, "{text}");
+    // Each message reaches both members' one connection.
+    assert_eq!(value("chat_engine_deliveries_total"), 4.0, "{text}");
     assert_eq!(
         value("chat_engine_errors_total{code=\"too_large\"}"),
         1.0,
@@ -86,7 +88,7 @@ fn metrics_count_connections_messages_deliveries_and_refusals() {
         1.0,
         "{text}"
     );
-    assert_eq!(value("chat_engine_ws_frames_received_total"), 4.0, "{text}");
+    assert_eq!(value("chat_engine_ws_frames_received_total"), 5.0, "{text}");
     assert!(value("chat_engine_ws_frames_sent_total") >= 6.0, "{text}");
     assert!(value("chat_engine_commit_seconds_count") >= 1.0, "{text}");
     assert!(
@@ -148,4 +150,47 @@ fn the_binary_says_its_version() {
             "{flag}"
         );
     }
+}
+
+/// The classic Prometheus text format by default (what `curl` and most tools read), and
+/// OpenMetrics for a scraper that asks for it, as Prometheus does.
+#[test]
+fn metrics_are_prometheus_text_and_openmetrics_when_asked_for() {
+    let server = TestServer::start();
+    server.create_room("r1", "u1");
+    server.post_message("r1", json!({"text": "hi"}));
+    let get = |accept: Option<&str>| {
+        let mut request = ureq::get(&server.url("/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        let mut response = request.call().expect("GET /metrics");
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (kind, response.body_mut().read_to_string().unwrap())
+    };
+    let (kind, text) = get(None);
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    assert!(
+        text.contains("# TYPE chat_engine_messages_stored_total counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nchat_engine_messages_stored_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (kind, text) = get(Some(prometheus));
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(
+        text.contains("# TYPE chat_engine_messages_stored counter\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }

@@ -230,6 +230,12 @@ fn post_message_and_client_msg_id_dedup() {
     assert_eq!(status, 200);
     assert_eq!(history["messages"], json!([m, m2]));
     assert_eq!(history["has_more"], false);
+    let (_, room) = server.rest("GET", "/v1/rooms/r1", None);
+    assert!(room["epoch"].is_string(), "{room}");
+    assert_eq!(
+        history["epoch"], room["epoch"],
+        "history carries the epoch, as sync does"
+    );
 
     let (status, body) = server.rest(
         "POST",

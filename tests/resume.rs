@@ -137,6 +137,51 @@ fn resume_refuses_too_many_rooms_and_bad_limits() {
     assert_eq!(ids(&reply["left"]), ["a", "b"].map(String::from).into());
 }
 
+#[test]
+fn resume_pages_by_100_at_most_500_and_names_closed_rooms_left() {
+    let server = TestServer::start();
+    server.create_room("long", "driver");
+    server.add_member("long", "rider");
+    for i in 1..=510 {
+        server.post_message("long", json!({"text": format!("m{i}")}));
+    }
+    server.create_room("closed", "driver");
+    server.add_member("closed", "rider");
+    assert_eq!(server.rest("DELETE", "/v1/rooms/closed", None).0, 204);
+    let mut rider = server.ws("rider");
+    let epoch = rider.rooms()[0]["epoch"].as_str().unwrap().to_owned();
+    let cached = json!({
+        "long": {"seq": 0, "epoch": epoch},
+        "closed": {"seq": 0, "epoch": epoch},
+    });
+    let reply = resume(&mut rider, cached.clone(), None);
+    assert_eq!(
+        seqs_in(&reply, "long"),
+        (1..=100).collect::<Vec<_>>(),
+        "100 by default"
+    );
+    assert_eq!(reply["has_more"]["long"], true);
+    assert_eq!(ids(&reply["left"]), ["closed"].map(String::from).into());
+    for limit in [501, 10_000] {
+        let reply = resume(&mut rider, cached.clone(), Some(limit));
+        assert_eq!(
+            seqs_in(&reply, "long"),
+            (1..=500).collect::<Vec<_>>(),
+            "capped at 500"
+        );
+        assert_eq!(reply["has_more"]["long"], true);
+    }
+    let caught_up = json!({"long": {"seq": 510, "epoch": epoch}});
+    let reply = resume(&mut rider, caught_up, None);
+    assert_eq!(
+        seqs_in(&reply, "long"),
+        Vec::<u64>::new(),
+        "a seq equal to the last"
+    );
+    assert_eq!(reply["has_more"]["long"], false);
+    assert_eq!(ids(&reply["reset"]), BTreeSet::new());
+}
+
 /// Messages sent while the reply is built are in the reply, or pushed, or both: with what it
 /// holds, the app has every seq.
 #[test]

@@ -103,6 +103,23 @@ fn a_connection_that_does_not_refresh_closes_with_4001_at_exp_plus_leeway() {
 }
 
 #[test]
+fn a_shorter_lived_token_brings_the_end_of_the_connection_forward() {
+    let server = TestServer::start_with(|c| c.auth.leeway_s = 2);
+    let mut rider = connect(&server, &expiring(&server, "rider", 3_600));
+    rider.expect_no("token_expiring", Duration::from_millis(300));
+    let exp = now() + 2;
+    let short = server.token_with(&json!({"sub": "rider", "exp": exp, "iat": now()}));
+    rider.request_ok(json!({"type": "auth", "token": short}), "ok");
+    assert_eq!(
+        rider.expect_push("token_expiring"),
+        json!({"type": "token_expiring", "exp": exp}),
+        "warned at once about the token now in force"
+    );
+    assert_eq!(rider.expect_close(Duration::from_secs(8)), Some(4001));
+    assert!(now() >= exp + 2, "closed at {} before exp + leeway", now());
+}
+
+#[test]
 fn the_default_leeway_is_60_s() {
     let server = TestServer::start();
     // Expired 30 s ago: inside the leeway, so accepted, warned about, and left open.

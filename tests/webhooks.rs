@@ -157,6 +157,33 @@ fn a_failing_or_hanging_endpoint_is_retried_and_the_chat_goes_on() {
     assert_eq!(server.metric("chat_engine_webhook_events_pending"), 0.0);
 }
 
+#[test]
+fn a_redirect_is_not_an_acknowledgement() {
+    let receiver = Receiver::start();
+    receiver.answer(Answer::Redirect);
+    let server = TestServer::start_with(|c| {
+        hooks(receiver.url(), c);
+        c.webhooks.events = vec![EventType::Message];
+    });
+    server.create_room("r", "driver");
+    server.post_message("r", json!({"text": "m1"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.requests().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 303 was not retried"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(receiver.followed(), 0, "the redirect was followed");
+    assert_eq!(server.metric("chat_engine_webhook_events_pending"), 1.0);
+    receiver.answer(Answer::Status(200));
+    let events = receiver.wait_for("the event after the redirects stopped", |events| {
+        count_messages(events) == 1
+    });
+    assert_eq!(messages_by_room(&events)["r"], [1]);
+}
+
 /// A failing endpoint is retried on the backoff (about 100 ms, doubling), also while new
 /// events keep coming: they do not cut a wait short.
 #[test]

@@ -639,6 +639,7 @@ fn assert_direct_room(room: &Value, a: &str, b: &str) {
     want.sort();
     assert_eq!(members(room), want);
     assert!(room["room_id"].is_string());
+    assert!(room["unread"].is_u64(), "a Room object has unread: {room}");
 }
 
 #[test]
@@ -654,7 +655,8 @@ fn direct_with_shared_room_policy() {
     server.create_room("route", "u1");
     server.add_member("route", "u2");
     u1.expect_push("joined");
-    u2.expect_push("joined");
+    let joined = u2.expect_push("joined");
+    assert_eq!(joined["room"]["unread"], 0, "{joined}");
     u1.expect_push("member_joined");
 
     let reply = u1.request_ok(
@@ -691,6 +693,12 @@ fn direct_with_shared_room_policy() {
         assert_eq!(push["message"]["seq"], sent["seq"]);
         assert_eq!(push["message"]["sender"], "u2");
     }
+    // The `room` reply counts what its asker has not read.
+    let unread = |c: &mut Client, other: &str| {
+        c.request_ok(json!({"type": "direct", "user_id": other}), "room")["room"]["unread"].clone()
+    };
+    assert_eq!(unread(&mut u1, "u2"), 1);
+    assert_eq!(unread(&mut u2, "u1"), 0, "their own message");
 
     // Once created it stays usable, even when they no longer share a route room.
     server.remove_member("route", "u2");
@@ -964,14 +972,75 @@ fn bad_frames_in_a_row_close_with_1008() {
         "pong",
         "still open"
     );
-    // Three in a row: closed with 1008.
+    // Three in a row: closed with 1008, after the error of each.
     for _ in 0..3 {
         c.send_text("nope");
     }
     assert_eq!(c.expect_close(RECV_TIMEOUT), Some(1008));
-    // Other connections of the user are unaffected.
+    let errors = c.take_buffer();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().all(|e| e["code"] == "bad_request"));
+    // Other connections of the user are unaffected; one at a time, the third bad frame is
+    // answered too, and then the connection closes.
     let mut other = server.ws("u1");
     assert_eq!(other.request(json!({"type": "ping"}))["type"], "pong");
+    for _ in 0..3 {
+        other.send_text("nope");
+        assert_eq!(other.recv_json()["code"], "bad_request");
+    }
+    assert_eq!(other.expect_close(RECV_TIMEOUT), Some(1008));
+}
+
+#[test]
+fn the_default_is_100_bad_frames_each_answered_before_the_1008() {
+    let server = TestServer::start();
+    let mut c = server.ws("u1");
+    for _ in 0..99 {
+        c.send_text("{");
+    }
+    assert_eq!(c.request(json!({"type": "ping"}))["type"], "pong");
+    c.take_buffer();
+    for _ in 0..100 {
+        c.send_text("{");
+    }
+    assert_eq!(c.expect_close(RECV_TIMEOUT), Some(1008));
+    let errors = c.take_buffer();
+    assert_eq!(errors.len(), 100);
+    assert!(errors.iter().all(|e| e["code"] == "bad_request"));
+}
+
+#[test]
+fn invalid_sends_are_bad_frames_and_cost_no_send() {
+    let server = TestServer::start_with(|c| {
+        c.limits.send_rate = 2;
+        c.limits.max_bad_frames = 8;
+    });
+    server.create_room("r1", "u1");
+    let mut c = server.ws("u1");
+    let long_id = "x".repeat(65);
+    let invalid = [
+        json!({"type": "send", "room_id": "r1", "text": "a", "data": [1]}),
+        json!({"type": "send", "room_id": "r1", "text": "a", "data": "x"}),
+        json!({"type": "send", "room_id": "r1", "text": "a", "client_msg_id": ""}),
+        json!({"type": "send", "room_id": "r1", "text": "a", "client_msg_id": long_id}),
+        json!({"type": "react", "room_id": "r1", "seq": 1, "reaction": ""}),
+        json!({"type": "edit", "room_id": "r1", "seq": 1, "text": "a", "data": 5}),
+    ];
+    for frame in &invalid {
+        c.request_err(frame.clone(), "bad_request");
+    }
+    // None took one of the burst of 4: all four sends are accepted.
+    for i in 0..4 {
+        c.request_ok(
+            json!({"type": "send", "room_id": "r1", "text": format!("m{i}")}),
+            "sent",
+        );
+    }
+    // And they count as bad frames: eight in a row close the connection.
+    for frame in invalid.iter().chain(&invalid[..2]) {
+        c.send_json(frame);
+    }
+    assert_eq!(c.expect_close(RECV_TIMEOUT), Some(1008));
 }
 
 #[test]

@@ -36,9 +36,11 @@ pub struct Jwks {
     url: String,
     refresh: Duration,
     keys: Mutex<Arc<Vec<Key>>>,
-    /// When the last fetch started; held across a fetch, so fetches never overlap and a
-    /// token waiting on one sees its result.
-    last_fetch: async_lock::Mutex<Option<Instant>>,
+    /// When the last early fetch (for an unknown `kid`) started; held across every fetch,
+    /// so fetches never overlap and a token waiting on one sees its result. Only early
+    /// fetches count towards [`MIN_REFETCH`]: a key rotated in just after a periodic fetch
+    /// is still picked up at once.
+    last_early_fetch: async_lock::Mutex<Option<Instant>>,
     agent: ureq::Agent,
     metrics: Arc<Metrics>,
 }
@@ -61,7 +63,7 @@ impl Jwks {
             url,
             refresh,
             keys: Mutex::default(),
-            last_fetch: async_lock::Mutex::new(None),
+            last_early_fetch: async_lock::Mutex::new(None),
             agent,
             metrics,
         }
@@ -76,12 +78,12 @@ impl Jwks {
     }
 
     /// The keys with id `kid` for `alg`. With no key of that id, fetches the document again
-    /// first, unless the last fetch began less than [`MIN_REFETCH`] ago.
+    /// first, unless the last early fetch began less than [`MIN_REFETCH`] ago.
     pub async fn keys_of(&self, kid: &str, alg: Algorithm) -> Result<Vec<DecodingKey>, Error> {
         let named = |key: &Key| key.kid.as_deref() == Some(kid);
         let mut found = self.matching(named);
         if found.is_empty() {
-            self.refetch().await;
+            self.refetch(named).await;
             found = self.matching(named);
         }
         if found.is_empty() {
@@ -111,11 +113,11 @@ impl Jwks {
             .collect()
     }
 
-    /// Fetches again unless a fetch began in the last [`MIN_REFETCH`]. A fetch under way
-    /// is waited for (it holds the lock), and its keys are then the answer.
-    async fn refetch(&self) {
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+    /// Fetches again unless an early fetch began in the last [`MIN_REFETCH`], or a fetch
+    /// this waited for (it holds the lock) brought a key `wanted` picks.
+    async fn refetch(&self, wanted: impl Fn(&Key) -> bool) {
+        let mut last = self.last_early_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH) || !self.matching(wanted).is_empty() {
             return;
         }
         *last = Some(Instant::now());
@@ -127,8 +129,7 @@ impl Jwks {
     pub async fn refresh_forever(&self) {
         loop {
             let held = {
-                let mut last = self.last_fetch.lock().await;
-                *last = Some(Instant::now());
+                let _fetching = self.last_early_fetch.lock().await;
                 self.fetch().await
             };
             let wait = if held == 0 {

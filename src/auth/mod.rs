@@ -4,8 +4,8 @@
 //! keys of `auth.jwt_public_keys` (PEM) and `auth.jwks_url` ([`jwks`]). A token is checked
 //! only with a key made for its `alg`: the secret for HS256, a public key of the matching
 //! kind otherwise. So `alg: none`, a public key used as an HS256 secret, and an algorithm no
-//! key is for are all refused. A public-key token that names a `kid` is checked only with
-//! the JWKS key of that id.
+//! key is for are all refused. A public-key token that names a `kid` is checked with the
+//! JWKS key of that id, then with the PEM keys of its `alg` (which have no id).
 //!
 //! Whether a user's tokens were revoked is the engine's to say (it is stored); this module
 //! only reads what a token claims.
@@ -69,8 +69,15 @@ pub struct Authenticator {
 
 /// A public key in PEM and the algorithm it verifies (config validation refuses any other).
 pub fn public_key(pem: &str) -> Result<(Algorithm, DecodingKey), String> {
-    // A private key would verify too, but it has no business in this server's config.
-    if !pem.contains("-----BEGIN PUBLIC KEY-----") {
+    // A private key would verify too, but it has no business in this server's config. RSA
+    // keys also come as PKCS#1 (`openssl rsa -RSAPublicKey_out`).
+    if ![
+        "-----BEGIN PUBLIC KEY-----",
+        "-----BEGIN RSA PUBLIC KEY-----",
+    ]
+    .iter()
+    .any(|header| pem.contains(header))
+    {
         return Err("not a public key in PEM (-----BEGIN PUBLIC KEY-----)".into());
     }
     let pem = pem.as_bytes();
@@ -83,17 +90,21 @@ pub fn public_key(pem: &str) -> Result<(Algorithm, DecodingKey), String> {
 
 impl Authenticator {
     pub fn new(config: &AuthConfig, metrics: Arc<Metrics>) -> Self {
-        let secret = (
-            Algorithm::HS256,
-            DecodingKey::from_secret(config.jwt_secret.as_bytes()),
-        );
+        // An empty secret turns HS256 off (config validation allows it only beside public
+        // keys): an empty HMAC key would let anyone sign.
+        let secret = (!config.jwt_secret.is_empty()).then(|| {
+            (
+                Algorithm::HS256,
+                DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+            )
+        });
         // Config validation has parsed each of them already.
         let public = config
             .jwt_public_keys
             .iter()
             .filter_map(|pem| public_key(pem).ok());
         Self {
-            keys: std::iter::once(secret).chain(public).collect(),
+            keys: secret.into_iter().chain(public).collect(),
             jwks: config.jwks_url.as_ref().map(|url| {
                 Jwks::new(
                     url.clone(),
@@ -128,14 +139,20 @@ impl Authenticator {
         let keys = match (&header.kid, &self.jwks) {
             // The secret has no id: an HS256 token's `kid` says nothing about it.
             (_, _) if alg == Algorithm::HS256 => self.fixed_keys(alg),
-            (Some(kid), Some(jwks)) => jwks.keys_of(kid, alg).await?,
-            (Some(kid), None) => {
-                return Err(Error::Unauthorized(format!(
-                    "the token names key {kid:?}, but no auth.jwks_url is configured \
-                     (auth.jwt_public_keys verify tokens without a kid)"
-                )))
+            // PEM keys have no id either: identity providers name a `kid` even when the key
+            // is configured by hand, so they are tried after the JWKS's keys of that id.
+            (Some(kid), Some(jwks)) => {
+                let fixed = self.fixed_keys(alg);
+                match jwks.keys_of(kid, alg).await {
+                    Ok(mut keys) => {
+                        keys.extend(fixed);
+                        keys
+                    }
+                    Err(e) if fixed.is_empty() => return Err(e),
+                    Err(_) => fixed,
+                }
             }
-            (None, jwks) => {
+            (None, jwks) | (Some(_), jwks @ None) => {
                 let mut keys = self.fixed_keys(alg);
                 if let Some(jwks) = jwks {
                     keys.extend(jwks.keys_for(alg));
@@ -215,6 +232,12 @@ impl Authenticator {
 /// `aud` that `auth` requires, so this server accepts it (the `token` subcommand, tests,
 /// demos).
 pub fn issue_token(auth: &AuthConfig, user: &UserId, ttl: Duration) -> Result<String, Error> {
+    if auth.jwt_secret.is_empty() {
+        return Err(Error::BadRequest(
+            "auth.jwt_secret is empty (HS256 is off): tokens come from the identity provider"
+                .into(),
+        ));
+    }
     let now = crate::protocol::now_ms() / 1000;
     let claims = Issued {
         claims: Claims {

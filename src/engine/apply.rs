@@ -210,7 +210,8 @@ impl Engine {
             batch.activity(ts, room_id.as_str());
         }
         let state = room.state();
-        let view = room.view(&state, None, self.epoch());
+        // Every member starts with nothing unread (their marker is the room's last seq).
+        let view = room.view(&state, Some(0), self.epoch());
         let joined = Event::Joined {
             users: state.audience.clone(),
             room: view.clone(),
@@ -309,7 +310,7 @@ impl Engine {
                 state.refresh_audience();
                 let now = membership_moved(room, state, &mut batch);
                 batch.member_added(room_id.as_str(), user_id.as_str(), read_record(member), now);
-                let view = room.view(state, None, self.epoch());
+                let view = room.view(state, Some(0), self.epoch());
                 Committed {
                     events: vec![
                         Event::Joined {

@@ -22,6 +22,8 @@ pub mod close_code {
     pub const IDLE: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not UTF-8 (RFC 6455 requires failing the connection).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Too many bad frames in a row.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over `limits.max_frame_bytes`.
@@ -84,6 +86,9 @@ pub enum Outbound {
     /// a second channel for closes: a channel is about 400 bytes (cache-padded), per
     /// connection, idle or not.
     Closing,
+    /// Close with this code once the frames queued before it are written: the client
+    /// gets every reply up to the one that ended the connection.
+    CloseAfterQueued(u16),
 }
 
 /// The connection task's end of its queue.
@@ -137,6 +142,12 @@ impl Connection {
             // The queue is unbounded in type (bounded by `deliver`), so the wake-up fits.
             let _ = self.queue.unbounded_send(Outbound::Closing);
         }
+    }
+
+    /// Asks the connection task to close with `code` after writing what is queued now.
+    pub fn close_after_queued(&self, code: u16) {
+        // The queue is unbounded in type (bounded by `deliver`), so the marker fits.
+        let _ = self.queue.unbounded_send(Outbound::CloseAfterQueued(code));
     }
 
     /// The close code asked for, if any.

@@ -125,7 +125,9 @@ impl Engine {
             members: vec![user.clone(), other.clone()],
         };
         self.settle(proposal).await?;
-        self.room_view(&room_id).await
+        let room = self.open_room(&room_id).await?;
+        let state = room.state();
+        Ok(room.view(&state, state.unread(user), self.epoch()))
     }
 
     /// Has `proposal` decided and waits until it is durable here.

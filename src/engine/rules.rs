@@ -5,6 +5,8 @@
 //! if nothing it depends on changed since (a delete, or the same sender's change; see the
 //! cluster's send script), and then every node applying the change.
 
+use serde_json::value::RawValue;
+
 use super::change::{Amendment, Post};
 use crate::error::Error;
 use crate::protocol::{Message, RoomId};
@@ -35,9 +37,7 @@ pub fn judge(amendment: Amendment, post: &Post, target: &Message) -> Result<Verd
             if target.deleted {
                 return Err(deleted(&target.room_id, target.seq));
             }
-            let same_data =
-                target.data.as_ref().map(|d| d.get()) == post.data.as_ref().map(|d| d.get());
-            if target.text == post.text && same_data {
+            if target.text == post.text && same_json(target.data.as_deref(), post.data.as_deref()) {
                 Verdict::Nothing
             } else {
                 Verdict::Changes
@@ -55,17 +55,18 @@ pub fn judge(amendment: Amendment, post: &Post, target: &Message) -> Result<Verd
             }
         }
         Amendment::Reaction { removed, .. } => {
-            if target.deleted {
-                return Err(deleted(&target.room_id, target.seq));
-            }
             let has = post
                 .sender
                 .as_ref()
                 .is_some_and(|user| target.reactions.has(&post.text, user));
-            if has == removed {
-                Verdict::Changes
-            } else {
+            // A reaction already there, or a removal of one that is not, changes nothing
+            // even on a deleted message: a retry gets `ok`, whatever happened meanwhile.
+            if has != removed {
                 Verdict::Nothing
+            } else if target.deleted {
+                return Err(deleted(&target.room_id, target.seq));
+            } else {
+                Verdict::Changes
             }
         }
     };
@@ -103,6 +104,16 @@ pub fn changed(target: &Message, change: &Message, amendment: Amendment) -> Mess
         _ => {}
     }
     next
+}
+
+/// Whether two `data` objects are the same JSON, however spaced or ordered: a retried edit
+/// from another client library changes nothing.
+fn same_json(a: Option<&RawValue>, b: Option<&RawValue>) -> bool {
+    let value = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).ok();
+    match (a, b) {
+        (Some(a), Some(b)) => a.get() == b.get() || value(a).is_some_and(|a| Some(a) == value(b)),
+        (a, b) => a.is_none() && b.is_none(),
+    }
 }
 
 fn not_theirs(room_id: &RoomId, seq: u64, what: &str) -> Error {
@@ -213,6 +224,37 @@ mod tests {
             code(judge(REACT, &post(user("b"), "+1"), &deleted)),
             "conflict"
         );
+        assert_eq!(
+            judge(UNREACT, &post(user("b"), "+1"), &deleted).unwrap(),
+            Verdict::Nothing,
+            "removing a reaction one does not have changes nothing, deleted or not"
+        );
+    }
+
+    #[test]
+    fn a_reaction_left_on_a_deleted_message_is_kept_and_a_retry_is_nothing() {
+        let t = target(user("a"), MessageKind::Text);
+        let mut change = target(user("b"), MessageKind::Reaction);
+        change.text = "+1".into();
+        let reacted = changed(&t, &change, REACT);
+        let deleted = changed(&reacted, &target(None, MessageKind::Delete), DELETE);
+        let react = post(user("b"), "+1");
+        assert_eq!(judge(REACT, &react, &deleted).unwrap(), Verdict::Nothing);
+        assert_eq!(code(judge(UNREACT, &react, &deleted)), "conflict");
+    }
+
+    #[test]
+    fn an_edit_with_the_same_data_spelled_otherwise_changes_nothing() {
+        let raw = |json: &str| Some(RawValue::from_string(json.to_owned()).unwrap());
+        let mut mine = target(user("a"), MessageKind::Text);
+        mine.data = raw(r#"{"k":1,"j":[true]}"#);
+        let mut again = post(user("a"), "hi");
+        again.data = raw(r#"{ "j": [ true ], "k": 1 }"#);
+        assert_eq!(judge(EDIT, &again, &mine).unwrap(), Verdict::Nothing);
+        again.data = raw(r#"{"k":2,"j":[true]}"#);
+        assert_eq!(judge(EDIT, &again, &mine).unwrap(), Verdict::Changes);
+        again.data = None;
+        assert_eq!(judge(EDIT, &again, &mine).unwrap(), Verdict::Changes);
     }
 
     #[test]

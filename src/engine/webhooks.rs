@@ -91,6 +91,9 @@ impl Engine {
         let agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
+                // A redirect is not an acknowledgement: followed, a POST becomes a GET
+                // without the body, whose 2xx would acknowledge events never delivered.
+                .max_redirects(0)
                 .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
                 .build(),
         );

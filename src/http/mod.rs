@@ -22,7 +22,7 @@ use tide::{Endpoint, Request, Response, Server, StatusCode};
 
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::metrics::{HttpLabels, CONTENT_TYPE};
+use crate::metrics::{HttpLabels, CLASSIC_CONTENT_TYPE, CONTENT_TYPE};
 
 type Req = Request<Engine>;
 
@@ -229,17 +229,30 @@ async fn healthz(_req: Req) -> tide::Result {
     Ok(json(StatusCode::Ok, &Status { status: "ok" }))
 }
 
-/// Prometheus metrics (OpenMetrics text).
+/// Prometheus metrics: OpenMetrics text when the scraper accepts it (Prometheus does),
+/// else the classic Prometheus text format.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
-    responses((status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"))
+    responses((status = 200, description = "The metrics", content(
+        (String = "text/plain"),
+        (String = "application/openmetrics-text")
+    )))
 )]
 async fn metrics(req: Req) -> tide::Result {
+    let metrics = req.state().metrics();
+    let open = req
+        .header("Accept")
+        .is_some_and(|accept| accept.as_str().contains("application/openmetrics-text"));
     let mut response = Response::new(StatusCode::Ok);
-    response.set_body(req.state().metrics().encode());
-    response.insert_header("Content-Type", CONTENT_TYPE);
+    if open {
+        response.set_body(metrics.encode());
+        response.insert_header("Content-Type", CONTENT_TYPE);
+    } else {
+        response.set_body(metrics.encode_classic());
+        response.insert_header("Content-Type", CLASSIC_CONTENT_TYPE);
+    }
     Ok(response)
 }
 

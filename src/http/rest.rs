@@ -436,6 +436,9 @@ pub(super) struct MessagesReply<'a> {
     messages: &'a [std::sync::Arc<Message>],
     /// Whether more messages lie beyond this page in the direction asked.
     has_more: bool,
+    /// The history epoch, as in `sync` replies.
+    #[schema(value_type = String)]
+    epoch: &'a str,
 }
 
 /// History, as the WebSocket `sync`: at most one of `since_ts`, `since_seq` and
@@ -462,12 +465,14 @@ pub(super) struct MessagesReply<'a> {
 pub(super) async fn get_messages(req: Req) -> Result<Response, Error> {
     let room_id = room_param(&req)?;
     let query = HistoryQuery::from_query_string(req.url().query().unwrap_or(""))?;
-    let page = req.state().history(&room_id, &query, None).await?;
+    let engine = req.state();
+    let page = engine.history(&room_id, &query, None).await?;
     Ok(json(
         StatusCode::Ok,
         &MessagesReply {
             messages: &page.messages,
             has_more: page.has_more,
+            epoch: &engine.epoch(),
         },
     ))
 }

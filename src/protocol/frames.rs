@@ -126,6 +126,25 @@ pub struct Request {
     pub body: RequestBody,
 }
 
+impl Request {
+    /// Checks what a message or change says on its own (`data` an object, `client_msg_id`
+    /// and reaction lengths, size), so a bad one is a bad frame and costs no send.
+    pub fn validated(
+        self,
+        max_message_bytes: usize,
+    ) -> Result<Request, (Option<RequestId>, Error)> {
+        let checked = match &self.body {
+            RequestBody::Send { message, .. } => message.validate(max_message_bytes),
+            RequestBody::Change { change, .. } => change.validate(max_message_bytes),
+            _ => Ok(()),
+        };
+        match checked {
+            Ok(()) => Ok(self),
+            Err(error) => Err((self.id, error)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum RequestBody {
     Rooms(RoomsPage),

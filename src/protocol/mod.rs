@@ -194,7 +194,8 @@ pub struct RoomView {
     pub created_ts: u64,
     pub last_seq: u64,
     pub last_ts: u64,
-    /// Only in `rooms` replies: messages after the user's read marker not sent by the user.
+    /// In the WebSocket's Room objects (`rooms`, `room`, `joined`, `resumed`), not in REST
+    /// bodies: messages after the user's read marker not sent by the user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
     /// The history epoch: a client that cached the room's history under another one drops

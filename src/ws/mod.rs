@@ -126,7 +126,8 @@ where
     } = *shared;
     let limits = &engine.config().limits;
     let mut bad_in_a_row = 0;
-    let mut closed_for_bad_frames = false;
+    // Set once too many bad frames came in a row; `true` once the close is queued.
+    let mut closed_for_bad_frames = None;
     let mut sends = TokenBucket::new(limits.send_rate, 2 * limits.send_rate);
     let mut replies = FuturesOrdered::<Reply>::new();
     loop {
@@ -135,6 +136,11 @@ where
             Reply(Option<Option<Frame>>),
         }
         // Read on while replies complete, up to MAX_REPLIES_IN_FLIGHT waiting.
+        if closed_for_bad_frames == Some(false) && replies.is_empty() {
+            // After the reply to the last bad frame: the client gets every error.
+            connection.close_after_queued(close_code::POLICY_VIOLATION);
+            closed_for_bad_frames = Some(true);
+        }
         let next = if replies.is_empty() {
             Next::Frame(stream.next().await)
         } else if replies.len() >= MAX_REPLIES_IN_FLIGHT {
@@ -157,18 +163,23 @@ where
         shared.heard.touch();
         engine.metrics().frames_in.inc();
         // Once a close is under way, frames are only drained, never acted on.
-        let closing = closed_for_bad_frames || shared.closing.load(Ordering::Acquire);
+        let closing = closed_for_bad_frames.is_some() || shared.closing.load(Ordering::Acquire);
         if closing && !matches!(incoming, Ok(WsMessage::Close(_)) | Err(_)) {
             continue;
         }
         let reply = match incoming {
-            Ok(WsMessage::Text(text)) => match parse_request(text.as_str()) {
+            Ok(WsMessage::Text(text)) => match parse_request(text.as_str())
+                .and_then(|request| request.validated(limits.max_message_bytes))
+            {
                 Ok(request) => {
                     bad_in_a_row = 0;
                     Box::pin(handle(engine, connection, request, &mut sends)).await
                 }
                 Err((id, error)) => {
-                    bad_in_a_row += 1;
+                    // Too large is a message to shorten, not a frame that makes no sense.
+                    if matches!(error, Error::BadRequest(_)) {
+                        bad_in_a_row += 1;
+                    }
                     ready(Some(error_frame(engine, id.as_ref(), &error)))
                 }
             },
@@ -191,17 +202,26 @@ where
                 connection.close(close_code::TOO_BIG);
                 return std::future::pending().await;
             }
+            Err(tungstenite::Error::Utf8(e)) => {
+                log::info!(
+                    "closing connection {} of {}: a text frame is not UTF-8 ({e})",
+                    connection.id,
+                    connection.user
+                );
+                engine.metrics().count_error("bad_request");
+                connection.close(close_code::INVALID_PAYLOAD);
+                return std::future::pending().await;
+            }
             Err(_) => return,
         };
         replies.push_back(reply);
-        if bad_in_a_row >= limits.max_bad_frames {
+        if bad_in_a_row >= limits.max_bad_frames && closed_for_bad_frames.is_none() {
             log::info!(
                 "closing connection {} of {}: {bad_in_a_row} bad frames in a row",
                 connection.id,
                 connection.user
             );
-            connection.close(close_code::POLICY_VIOLATION);
-            closed_for_bad_frames = true;
+            closed_for_bad_frames = Some(false);
         }
     }
 }
@@ -350,6 +370,7 @@ async fn write_loop<S>(
     enum Next {
         Frame(Frame),
         Closing,
+        CloseAfterQueued(u16),
         Tick,
         Expiry,
         Gone,
@@ -358,13 +379,20 @@ async fn write_loop<S>(
     let metrics = shared.engine.metrics();
     let mut ticks = smol::Timer::interval(Duration::from_millis(limits.ping_interval_ms));
     let mut expiry = TokenExpiry::new(shared.engine.auth().leeway_s());
-    let mut expiry_timer = expiry.timer(shared.connection.token_exp());
+    let mut armed_exp = shared.connection.token_exp();
+    let mut expiry_timer = expiry.timer(armed_exp);
     // A write may wait for the client as long as the client may stay silent.
     let stall_limit = Duration::from_millis(limits.idle_timeout_ms);
     let code = loop {
         // A close asked for goes first, so a 1013 is not stuck behind the full queue it is for.
         if let Some(code) = shared.connection.close_requested() {
             break code;
+        }
+        // An `auth` frame put another token in force (its `ok` wakes this loop): the next
+        // warning and close follow the new token's `exp`, sooner or later than the old one's.
+        if shared.connection.token_exp() != armed_exp {
+            armed_exp = shared.connection.token_exp();
+            expiry_timer = expiry.timer(armed_exp);
         }
         let next = smol::future::or(
             async {
@@ -374,6 +402,7 @@ async fn write_loop<S>(
                         Next::Frame(frame)
                     }
                     Some(Outbound::Closing) => Next::Closing,
+                    Some(Outbound::CloseAfterQueued(code)) => Next::CloseAfterQueued(code),
                     None => Next::Gone,
                 }
             },
@@ -391,11 +420,24 @@ async fn write_loop<S>(
         .await;
         let written = match next {
             Next::Frame(frame) => {
-                let batch = write_batch(&mut sink, frame, &mut queues.queue, shared.connection);
-                within(stall_limit, &mut ticks, batch).await.map(|frames| {
+                let mut close_after = None;
+                let batch = write_batch(
+                    &mut sink,
+                    frame,
+                    &mut queues.queue,
+                    shared.connection,
+                    &mut close_after,
+                );
+                let written = within(stall_limit, &mut ticks, batch).await;
+                if let Some(frames) = written {
                     metrics.frames_out.inc_by(frames);
-                })
+                }
+                if let (Some(_), Some(code)) = (written, close_after) {
+                    break code;
+                }
+                written.map(|_| ())
             }
+            Next::CloseAfterQueued(code) => break code,
             Next::Tick if shared.heard.silent_for_ms() < limits.idle_timeout_ms => {
                 let ping = sink.send(WsMessage::Ping(Default::default()));
                 within(stall_limit, &mut ticks, ping).await
@@ -410,7 +452,7 @@ async fn write_loop<S>(
                 break close_code::IDLE;
             }
             Next::Expiry => {
-                let exp = shared.connection.token_exp();
+                let exp = armed_exp;
                 match expiry.due(exp) {
                     Some(Due::Warning) => {
                         let warning = encode(&ServerFrame::TokenExpiring { exp });
@@ -456,12 +498,14 @@ async fn write_loop<S>(
 }
 
 /// Writes `first` and whatever else is queued, up to [`MAX_FRAMES_PER_FLUSH`], with one
-/// flush. Returns how many frames it wrote.
+/// flush. Returns how many frames it wrote; a queued close ends the batch, into
+/// `close_after`.
 async fn write_batch<S>(
     sink: &mut WebSocketSender<S>,
     first: Frame,
     queued: &mut UnboundedReceiver<Outbound>,
     connection: &Connection,
+    close_after: &mut Option<u16>,
 ) -> Result<u64, tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -470,8 +514,13 @@ where
     let mut written = 1;
     while written < MAX_FRAMES_PER_FLUSH {
         // A close ends the batch; the writer then sees it asked for.
-        let Ok(Outbound::Frame(frame)) = queued.try_recv() else {
-            break;
+        let frame = match queued.try_recv() {
+            Ok(Outbound::Frame(frame)) => frame,
+            Ok(Outbound::CloseAfterQueued(code)) => {
+                *close_after = Some(code);
+                break;
+            }
+            _ => break,
         };
         connection.dequeued(&frame);
         sink.feed(WsMessage::Text(frame)).await?;
@@ -566,6 +615,7 @@ fn close_reason(code: u16) -> &'static str {
     match code {
         close_code::GOING_AWAY => "server shutting down",
         close_code::IDLE => "idle timeout: no pong",
+        close_code::INVALID_PAYLOAD => "a text frame that is not UTF-8",
         close_code::POLICY_VIOLATION => "too many bad frames",
         close_code::TOO_BIG => "frame too large",
         close_code::TRY_AGAIN_LATER => "too slow: reconnect and sync",

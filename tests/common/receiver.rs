@@ -1,5 +1,5 @@
 //! A real HTTP server for tests: an HTTP/1.1 server on loopback that records every request
-//! and answers as the test says (2xx, 500, or never), with the body the test gives: the
+//! and answers as the test says (2xx, 500, a redirect, or never), with the body the test gives: the
 //! receiver of webhook tests, and the JWKS endpoint of auth tests.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,7 +15,12 @@ pub enum Answer {
     Status(u16),
     /// Reads the request and never answers.
     Hang,
+    /// 303 See Other to [`ELSEWHERE`], which answers every request 200 (counted apart).
+    Redirect,
 }
+
+/// Where [`Answer::Redirect`] sends clients.
+const ELSEWHERE: &str = "/elsewhere";
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -35,6 +40,8 @@ impl Received {
 #[derive(Default)]
 struct Shared {
     requests: Vec<Received>,
+    /// Requests that followed a redirect to [`ELSEWHERE`].
+    followed: usize,
     /// The body of every answer (JSON).
     reply: Vec<u8>,
 }
@@ -89,6 +96,11 @@ impl Receiver {
         self.shared.lock().unwrap().requests.clone()
     }
 
+    /// How many requests followed a redirect.
+    pub fn followed(&self) -> usize {
+        self.shared.lock().unwrap().followed
+    }
+
     /// Every event of the requests it acknowledged with a 2xx, in arrival order.
     pub fn acknowledged(&self) -> Vec<Value> {
         let requests = self.requests();
@@ -126,6 +138,7 @@ fn serve(stream: TcpStream, answer: &Mutex<Answer>, shared: &Mutex<Shared>) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        let redirected = line.split_whitespace().nth(1) == Some(ELSEWHERE);
         loop {
             line.clear();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -146,6 +159,16 @@ fn serve(stream: TcpStream, answer: &Mutex<Answer>, shared: &Mutex<Shared>) {
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        if redirected {
+            shared.lock().unwrap().followed += 1;
+            if writer
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
         }
         let answered = *answer.lock().unwrap();
         let reply = {
@@ -171,6 +194,14 @@ fn serve(stream: TcpStream, answer: &Mutex<Answer>, shared: &Mutex<Shared>) {
             Answer::Hang => {
                 std::thread::sleep(Duration::from_secs(30));
                 return;
+            }
+            Answer::Redirect => {
+                let head = format!(
+                    "HTTP/1.1 303 See Other\r\nLocation: {ELSEWHERE}\r\nContent-Length: 0\r\n\r\n"
+                );
+                if writer.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
             }
         }
     }
