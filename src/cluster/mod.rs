@@ -24,7 +24,7 @@ use redis::{AsyncCommands, RedisError, Value};
 use crate::config::ClusterConfig;
 use crate::engine::{
     Applied, Authority, Change, Completion, Decided, Decision, Disconnect, Durable, Engine, Made,
-    Post, Proposal, Stamp,
+    Post, Proposal, Scope, Stamp,
 };
 use crate::error::{Error, StartError, StorageError};
 use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
@@ -281,6 +281,33 @@ impl Cluster {
         }
     }
 
+    /// Waits until this node has applied each of `shards`' logs up to the entry that is
+    /// last now: whatever any node acknowledged before is then visible here. Without Redis
+    /// it answers at once, and reads go on from what this node has.
+    async fn catch_up(&self, shards: impl IntoIterator<Item = u16>) -> Result<(), Error> {
+        let Ok(conn) = self.conn() else {
+            return Ok(());
+        };
+        let waits = shards.into_iter().map(|shard| {
+            let mut conn = conn.clone();
+            async move {
+                let last: redis::streams::StreamRangeReply =
+                    match conn.xrevrange_count(log_key(shard), "+", "-", 1).await {
+                        Ok(last) => last,
+                        Err(e) => {
+                            let _ = self.failed(e);
+                            return Ok(());
+                        }
+                    };
+                match last.ids.first().and_then(|e| LogPosition::parse(&e.id)) {
+                    Some(position) => self.wait_applied(shard, position).await,
+                    None => Ok(()),
+                }
+            }
+        });
+        futures_util::future::try_join_all(waits).await.map(drop)
+    }
+
     fn pending(self: &Arc<Self>, shard: u16, id: &str) -> Result<Pending, Error> {
         let position = LogPosition::parse(id)
             .ok_or_else(|| Error::Internal(format!("Redis answered a bad log id {id:?}")))?;
@@ -358,7 +385,15 @@ impl Cluster {
         if let Some(decided) = engine.known_repeat(room_id, post).await? {
             return Ok(Asked::Known(decided));
         }
-        let change = engine.judge_change(room_id, post).await?;
+        let change = match engine.judge_change(room_id, post).await {
+            Ok(change) => change,
+            // Refused against what this node has: the room, or its membership, may have
+            // changed on another node that this one has not applied yet.
+            Err(_) => {
+                self.catch_up([*shard]).await?;
+                engine.judge_change(room_id, post).await?
+            }
+        };
         let send = SendArgs {
             keys: RoomKeys::new(room_id, *shard),
             room_id: room_id.clone(),
@@ -947,6 +982,19 @@ impl Authority for Arc<Cluster> {
 
     fn received(&self, _engine: &Engine, room_id: &RoomId, user: &UserId, seq: u64) {
         self.broadcast(room_id, user, Some(seq));
+    }
+
+    fn caught_up<'a>(
+        &'a self,
+        _engine: &'a Engine,
+        scope: Scope<'a>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let shards = match scope {
+            Scope::Room(room) => vec![self.shard(room)],
+            Scope::User(user) => vec![shard_of(user.as_str(), self.config.shards)],
+            Scope::Everything => (0..self.config.shards).collect(),
+        };
+        Box::pin(self.catch_up(shards))
     }
 
     fn is_ready(&self) -> bool {

@@ -12,6 +12,17 @@ use super::Engine;
 use crate::error::Error;
 use crate::protocol::{RoomId, UserId};
 
+/// What a read is about, for [`Authority::caught_up`].
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// One room: its messages, members and markers.
+    Room(&'a RoomId),
+    /// One user's sessions: disconnects and revocations.
+    User(&'a UserId),
+    /// Every room (a user's room list).
+    Everything,
+}
+
 /// Who decides changes, and what comes with that duty.
 pub trait Authority: Send + Sync + 'static {
     /// Decides `proposal` and sees that `engine` applies it. Resolves once it is decided,
@@ -38,6 +49,17 @@ pub trait Authority: Send + Sync + 'static {
     /// Tells every node that `user`'s app received `room_id` up to `seq` (what spares them
     /// a `notify`, whichever node decides it), best effort.
     fn received(&self, engine: &Engine, room_id: &RoomId, user: &UserId, seq: u64);
+
+    /// Resolves once this node shows every change in `scope` that was acknowledged, on any
+    /// node, before the call: what reads wait for, so that a read on any node sees what
+    /// another node acknowledged. On one node every acknowledged change is already here.
+    fn caught_up<'a>(
+        &'a self,
+        _engine: &'a Engine,
+        _scope: Scope<'a>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// Whether it can decide now (`/readyz`).
     fn is_ready(&self) -> bool;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::records::message_from_record;
 use super::room::Room;
-use super::Engine;
+use super::{Engine, Scope};
 use crate::error::{Error, StorageError};
 use crate::protocol::{
     HistoryQuery, Message, RoomId, UserId, DEFAULT_BEFORE_LIMIT, DEFAULT_SINCE_LIMIT,
@@ -82,6 +82,17 @@ impl Engine {
     /// A page of a room's history. With a `reader`, they must be a member; without one
     /// (RouteAPI), closed rooms' kept history can be read too.
     pub async fn history(
+        &self,
+        room_id: &RoomId,
+        query: &HistoryQuery,
+        reader: Option<&UserId>,
+    ) -> Result<Page, Error> {
+        self.caught_up(Scope::Room(room_id)).await?;
+        self.history_here(room_id, query, reader).await
+    }
+
+    /// [`Engine::history`] as this node has it now, for callers that caught up already.
+    pub(super) async fn history_here(
         &self,
         room_id: &RoomId,
         query: &HistoryQuery,

@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use super::change::{Made, Proposal};
-use super::Engine;
+use super::{Engine, Scope};
 use crate::config::DirectPolicy;
 use crate::error::Error;
 use crate::protocol::{RoomId, RoomKind, RoomView, UserId};
@@ -62,11 +62,17 @@ impl Engine {
             members: vec![owner],
         };
         let outcome = self.settle(proposal).await?;
-        Ok((outcome, self.room_view(&room_id).await?))
+        Ok((outcome, self.room_view_here(&room_id).await?))
     }
 
     /// `GET /v1/rooms/{id}`.
     pub async fn room_view(&self, room_id: &RoomId) -> Result<RoomView, Error> {
+        self.caught_up(Scope::Room(room_id)).await?;
+        self.room_view_here(room_id).await
+    }
+
+    /// [`Engine::room_view`] as this node has it now: after a change it has applied.
+    async fn room_view_here(&self, room_id: &RoomId) -> Result<RoomView, Error> {
         let room = self.open_room(room_id).await?;
         let state = room.state();
         Ok(room.view(&state, None, self.epoch()))
@@ -90,7 +96,7 @@ impl Engine {
             user_id: user.clone(),
         };
         let outcome = self.settle(proposal).await?;
-        Ok((outcome, self.room_view(room_id).await?))
+        Ok((outcome, self.room_view_here(room_id).await?))
     }
 
     /// `DELETE /v1/rooms/{id}/members/{user}`: removes `user` (who gets `left`; the others
@@ -112,11 +118,15 @@ impl Engine {
             ));
         }
         let room_id = direct_room_id(user, other);
-        if self.inner.config.direct.policy == DirectPolicy::SharedRoom
-            && self.room(&room_id).await?.is_none()
-            && !self.share_route_room(user, other).await?
-        {
-            return Err(Error::no_shared_room(user.as_str(), other.as_str()));
+        if self.inner.config.direct.policy == DirectPolicy::SharedRoom {
+            // Whether the room exists, and which rooms the two share, as any node has it.
+            self.caught_up(Scope::Room(&room_id)).await?;
+            if self.room(&room_id).await?.is_none() {
+                self.caught_up(Scope::Everything).await?;
+                if !self.share_route_room(user, other).await? {
+                    return Err(Error::no_shared_room(user.as_str(), other.as_str()));
+                }
+            }
         }
         let proposal = Proposal::Create {
             room_id: room_id.clone(),

@@ -5,7 +5,7 @@ use super::commit::Durable;
 use super::local::check_can_post;
 use super::records::stored_id;
 use super::room::{DedupKey, Room, Stamp};
-use super::{Engine, Priority};
+use super::{Engine, Priority, Scope};
 use crate::error::Error;
 use crate::protocol::{encode, NewMessage, RoomId, RoomView, RoomsPage, ServerFrame, UserId};
 
@@ -180,6 +180,8 @@ impl Engine {
     /// `read`: moves the user's read marker forward (never back, never past the last
     /// message).
     pub async fn mark_read(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
+        // The user may have seen `seq` pushed by another node than this one.
+        self.caught_up(Scope::Room(room_id)).await?;
         let room = self.open_room(room_id).await?;
         let seq = seq.min(room.state().committed.seq);
         let proposal = Proposal::Read {
@@ -193,6 +195,7 @@ impl Engine {
     /// `received`: the user's app has the room's messages up to `seq` (no reply; members
     /// only). Kept in memory with the room: it only spares the user a `notify`.
     pub async fn received(&self, user: &UserId, room_id: &RoomId, seq: u64) -> Result<(), Error> {
+        self.caught_up(Scope::Room(room_id)).await?;
         let room = self.open_room(room_id).await?;
         let seq = {
             let state = room.state();
@@ -261,6 +264,16 @@ impl Engine {
     /// loaded, so listing many rooms does not push the rooms in use out of memory. Unread
     /// counts are differences of counters either way, never a count of messages.
     pub async fn rooms_of(&self, user: &UserId, page: &RoomsPage) -> Result<RoomsList, Error> {
+        self.caught_up(Scope::Everything).await?;
+        self.rooms_here(user, page).await
+    }
+
+    /// [`Engine::rooms_of`] as this node has it now, for callers that caught up already.
+    pub(super) async fn rooms_here(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> Result<RoomsList, Error> {
         let engine = self.clone();
         let (user, page) = (user.clone(), page.clone());
         smol::unblock(move || engine.rooms_of_blocking(&user, &page)).await

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use apply::Applied;
-pub use authority::Authority;
+pub use authority::{Authority, Scope};
 pub use change::{Amendment, Change, Decided, Decision, Made, Post, Proposal};
 pub use changes::Judged;
 pub use commit::{Completion, Durable};
@@ -168,6 +168,12 @@ impl Engine {
     /// applying the logs). Never ends.
     pub async fn authority_duties(&self) {
         self.inner.authority.duties(self).await
+    }
+
+    /// Waits until this node shows what any node acknowledged in `scope` (see
+    /// [`Authority::caught_up`]). Every read a client makes calls it first.
+    pub async fn caught_up(&self, scope: Scope<'_>) -> Result<(), Error> {
+        self.inner.authority.caught_up(self, scope).await
     }
 
     async fn propose(&self, proposal: Proposal) -> Result<Decided, Error> {

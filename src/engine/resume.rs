@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::history::Page;
-use super::Engine;
+use super::{Engine, Scope};
 use crate::error::Error;
 use crate::protocol::{HistoryQuery, Message, Resume, RoomId, RoomView, RoomsPage, UserId};
 
@@ -36,7 +36,9 @@ impl Engine {
         }
         let limit = request.limit;
         let epoch = self.epoch();
-        let listed = self.rooms_of(user, &RoomsPage::default()).await?.rooms;
+        // Once for every room, not once per room.
+        self.caught_up(Scope::Everything).await?;
+        let listed = self.rooms_here(user, &RoomsPage::default()).await?.rooms;
         let mut resumed = Resumed {
             rooms: Vec::with_capacity(listed.len()),
             messages: BTreeMap::new(),
@@ -56,7 +58,7 @@ impl Engine {
                 limit: since.and(limit),
                 ..HistoryQuery::default()
             };
-            let page = match self.history(&room.room_id, &query, Some(user)).await {
+            let page = match self.history_here(&room.room_id, &query, Some(user)).await {
                 Ok(page) => page,
                 // Left or closed since the list was read.
                 Err(Error::NotFound(_) | Error::NotMember(_)) => continue,
@@ -65,7 +67,7 @@ impl Engine {
             let page = match since {
                 Some(seq) if cut_behind(&page, seq, room.last_seq) => {
                     let latest = HistoryQuery::default();
-                    match self.history(&room.room_id, &latest, Some(user)).await {
+                    match self.history_here(&room.room_id, &latest, Some(user)).await {
                         Ok(page) => (page, true),
                         Err(Error::NotFound(_) | Error::NotMember(_)) => continue,
                         Err(e) => return Err(e),

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
+use super::{Engine, Scope};
 use crate::auth::Token;
 use crate::error::Error;
 use crate::protocol::UserId;
@@ -30,6 +30,8 @@ impl Engine {
     /// was issued (a token without `iat` counts as issued before any revocation).
     pub async fn authenticate(&self, token: &str) -> Result<Token, Error> {
         let token = self.inner.auth.verify(token).await?;
+        // A revocation made through another node is applied here first.
+        self.caught_up(Scope::User(&token.user)).await?;
         let user = token.user.to_string();
         let revoked = self.read_storage(move |s| s.revoked(&user)).await?;
         match revoked {
