@@ -417,9 +417,14 @@ fn redis_killed_and_restarted_under_load_loses_no_acknowledged_message() {
     );
     std::thread::sleep(Duration::from_millis(500));
     redis.restart();
-    // Both nodes find Redis again by themselves.
+    // Both nodes find Redis again by themselves, and once ready they serve at once: ready
+    // means their log readers are back too, not only their command connections.
     a.wait_ready(true);
     b.wait_ready(true);
+    for (node, text) in [(&a, "a once ready"), (&b, "b once ready")] {
+        let (status, reply) = post(node, "load", json!({"text": text}));
+        assert_eq!(status, 201, "{text}: {reply}");
+    }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();

@@ -115,11 +115,15 @@ impl Link {
         lock(&self.current).clone()
     }
 
-    /// Opens the command connection; the supervisor calls it until it succeeds.
+    /// Opens a command connection; the supervisor calls it until it succeeds, and
+    /// [`Link::publish`]es it once it knows the Redis behind it is the cluster's.
     pub async fn open(&self) -> RedisResult<Conn> {
-        let conn = self.commands.connect().await?;
-        *lock(&self.current) = Some(conn.clone());
-        Ok(conn)
+        self.commands.connect().await
+    }
+
+    /// Makes `conn` the command connection.
+    pub fn publish(&self, conn: Conn) {
+        *lock(&self.current) = Some(conn);
     }
 
     /// A fresh connection for one log reader, whose reads block.

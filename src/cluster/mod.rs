@@ -607,9 +607,14 @@ impl Cluster {
                     Ok(conn) => {
                         attempt = 0;
                         log::info!("cluster: connected to Redis");
-                        if let Err(why) = self.check_identity(conn, engine).await {
-                            log::warn!("cluster: cannot check Redis's identity: {why}");
-                            self.link.broke();
+                        // Not used before its identity is checked: sends to a Redis that
+                        // lost its data would find no room.
+                        match self.check_identity(conn.clone(), engine).await {
+                            Ok(()) => self.link.publish(conn),
+                            Err(why) => {
+                                log::warn!("cluster: cannot check Redis's identity: {why}");
+                                smol::Timer::after(backoff(attempt)).await;
+                            }
                         }
                     }
                     Err(e) => {
@@ -741,6 +746,12 @@ impl Cluster {
                     Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
                     Err(e) => {
                         log::warn!("cluster: reading the logs of shards {shards:?} failed: {e}");
+                        // Not ready until a read after reconnecting reaches the end again.
+                        for &shard in shards {
+                            self.progress(shard)
+                                .caught_up
+                                .store(false, Ordering::Release);
+                        }
                         break;
                     }
                 };
