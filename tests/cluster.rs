@@ -455,6 +455,38 @@ fn redis_killed_and_restarted_under_load_loses_no_acknowledged_message() {
 }
 
 #[test]
+fn a_redis_flushed_under_live_nodes_makes_them_not_ready() {
+    if !available("a_redis_flushed_under_live_nodes_makes_them_not_ready") {
+        return;
+    }
+    let (redis, a, b) = redis_and_two_nodes();
+    a.create_room("trip", "driver");
+    a.post_message("trip", json!({"text": "before"}));
+    assert_eq!(b.history("trip").len(), 1, "b applied it before the flush");
+    assert_eq!(
+        command_reply(redis.port, "FLUSHALL").as_deref(),
+        Some("+OK")
+    );
+    // Redis no longer knows the room: serving it as never created would be wrong.
+    a.wait_ready(false);
+    b.wait_ready(false);
+    for node in [&a, &b] {
+        let (status, reply) = post(node, "trip", json!({"text": "after"}));
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (503, Some("unavailable")),
+            "{reply}"
+        );
+        let (status, history) = node.rest("GET", "/v1/rooms/trip/messages", None);
+        assert_eq!(
+            (status, seqs_of(&history)),
+            (200, vec![1]),
+            "what it held stays readable"
+        );
+    }
+}
+
+#[test]
 fn a_node_killed_and_restarted_catches_up_by_itself() {
     if !available("a_node_killed_and_restarted_catches_up_by_itself") {
         return;

@@ -627,11 +627,19 @@ impl Cluster {
                 }
                 continue;
             };
-            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-            if let Err(e) = pong {
-                log::warn!("cluster: lost Redis ({e}); reconnecting");
-                self.link.broke();
-                continue;
+            // The ping reads the data set's name: a Redis flushed under a live connection
+            // answers none, and its empty rooms must not be served as if they never existed.
+            let identity: Result<Option<String>, _> = conn.get(IDENTITY_KEY).await;
+            match identity {
+                Err(e) => {
+                    log::warn!("cluster: lost Redis ({e}); reconnecting");
+                    self.link.broke();
+                    continue;
+                }
+                Ok(None) if self.broken().is_none() => self.set_broken(
+                    "Redis lost its data while this node was connected (was it flushed?)".into(),
+                ),
+                Ok(_) => {}
             }
             self.link.until_broken(PING_EVERY).await;
         }
