@@ -233,9 +233,14 @@ fn swagger_ui_is_served_by_the_binary() {
         let body = response.body_mut().read_to_string().unwrap_or_default();
         (response.status().as_u16(), content_type, body)
     };
-    // /docs redirects to the page (ureq follows), which loads only its own files.
+    // /docs is the page itself (no redirect), which loads only its own files.
+    let direct =
+        ureq::Agent::new_with_config(ureq::Agent::config_builder().max_redirects(0).build());
+    let response = direct.get(server.url("/docs")).call().expect("GET /docs");
+    assert_eq!(response.status().as_u16(), 200, "not a redirect");
     let (status, content_type, page) = get("/docs");
     assert_eq!(status, 200);
+    assert!(page.contains("<base href=\"/docs/\">"), "{page}");
     assert!(content_type.starts_with("text/html"), "{content_type}");
     assert!(page.contains("swagger-ui-bundle.js"), "{page}");
     assert!(

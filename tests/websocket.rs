@@ -1268,3 +1268,24 @@ fn pipelined_sends_are_answered_in_order() {
         .collect();
     assert_eq!(sent, (1..=SENDS).collect::<Vec<_>>());
 }
+
+/// A plain GET of `/v1/ws` with a good token: 426 Upgrade Required, saying which upgrade,
+/// with the error body every refusal has.
+#[test]
+fn a_plain_get_of_the_websocket_path_is_426_with_the_upgrade_named() {
+    let server = TestServer::start();
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let url = server
+        .ws_url(Some(&server.token("u1")))
+        .replacen("ws://", "http://", 1);
+    let mut response = agent.get(&url).call().expect("GET /v1/ws");
+    assert_eq!(response.status().as_u16(), 426);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["code"], "bad_request", "{body}");
+    assert!(body["message"].is_string());
+}

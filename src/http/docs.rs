@@ -122,17 +122,26 @@ pub async fn swagger_ui(req: Req) -> tide::Result {
         .path()
         .trim_start_matches("/docs")
         .trim_start_matches('/');
-    if path.is_empty() {
-        // Swagger UI's files are relative to its page, which must be under `/docs/`.
-        return Ok(tide::Redirect::new("/docs/index.html").into());
-    }
+    // `/docs` itself is the page, not a redirect to it; its files are relative to
+    // `/docs/`, which a `<base>` says.
+    let bare = path.is_empty();
+    let path = if bare { "index.html" } else { path };
     let config = Arc::new(utoipa_swagger_ui::Config::from("/openapi.json"));
     let file = utoipa_swagger_ui::serve(path, config)
         .map_err(|e| tide::Error::from_str(StatusCode::InternalServerError, e.to_string()))?;
     Ok(match file {
         Some(file) => {
             let mut response = Response::new(StatusCode::Ok);
-            response.set_body(file.bytes.to_vec());
+            let mut bytes = file.bytes.to_vec();
+            if bare {
+                let page = String::from_utf8_lossy(&bytes).replacen(
+                    "<head>",
+                    "<head><base href=\"/docs/\">",
+                    1,
+                );
+                bytes = page.into_bytes();
+            }
+            response.set_body(bytes);
             response.insert_header("Content-Type", file.content_type);
             response
         }

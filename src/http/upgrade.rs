@@ -52,6 +52,7 @@ pub async fn websocket(req: Req) -> tide::Result {
         let mut response =
             error_response(&Error::BadRequest("expected a WebSocket upgrade".into()));
         response.set_status(StatusCode::UpgradeRequired);
+        response.insert_header("Upgrade", "websocket");
         return Ok(response);
     };
     let (connection, queues) = match engine.connect(&token) {
