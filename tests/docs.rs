@@ -153,6 +153,17 @@ fn every_path_says_which_methods_it_allows() {
         (405, get_only.clone())
     );
     assert_eq!(allowed(&server, "POST", "/asyncapi.json"), (405, get_only));
+    let refused = ureq::http::Request::builder()
+        .method("DELETE")
+        .uri(server.url("/openapi.json"))
+        .body(())
+        .unwrap();
+    let mut refused = agent().run(refused).unwrap();
+    let body: Value = serde_json::from_str(&refused.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        body["code"], "bad_request",
+        "a 405 has the error body: {body}"
+    );
     assert_eq!(allowed(&server, "HEAD", "/healthz").0, 200);
     for (method, path) in [
         ("GET", "/"),

@@ -175,11 +175,16 @@ impl Resource {
         route.all(counted(self.label, move |req: Req| {
             let allow = allow.clone();
             async move {
-                let status = match req.method() {
-                    Method::Options => StatusCode::NoContent,
-                    _ => StatusCode::MethodNotAllowed,
+                let mut response = match req.method() {
+                    Method::Options => Response::new(StatusCode::NoContent),
+                    // With the body every refusal has.
+                    method => {
+                        let why = format!("{method} is not allowed here; allowed: {allow}");
+                        let mut refused = error_response(&Error::BadRequest(why));
+                        refused.set_status(StatusCode::MethodNotAllowed);
+                        refused
+                    }
                 };
-                let mut response = Response::new(status);
                 response.insert_header("Allow", &*allow);
                 // The body was not read: as for errors, the next request on this connection
                 // could be lost behind it.
