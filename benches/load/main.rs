@@ -125,6 +125,12 @@ fn main() {
         print_resume(&resume::run(&Target::chat_engine(), 100, missed));
         return;
     }
+    // LOAD_READS=1 measures only reads (cached sync, resume) on one node and on a one-node
+    // cluster (needs the `redis` feature).
+    if std::env::var_os("LOAD_READS").is_some() {
+        reads(measure);
+        return;
+    }
     // LOAD_ONE=target,rooms,members,rate (rate 0: saturation) runs one measurement, for
     // profiling or a quick look: LOAD_ONE=chat-engine,100,10,10000
     if let Ok(one) = std::env::var("LOAD_ONE") {
@@ -258,18 +264,8 @@ fn main() {
     print_table(&rows, bare_rate);
     println!();
     println!("slow-consumer closes (1013) during the chat-engine runs: {slow_closes}");
-    for (name, outcome) in [
-        ("4: sync, no cursor (cache)", &cached),
-        ("4: sync, since_seq from disk after a restart", &from_disk),
-    ] {
-        println!(
-            "{name}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms ({} clients, one request in flight each)",
-            outcome.per_s,
-            outcome.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
-            outcome.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-            history::CLIENTS
-        );
-    }
+    print_sync("4: sync, no cursor (cache)", &cached);
+    print_sync("4: sync, since_seq from disk after a restart", &from_disk);
     println!(
         "3: RSS per idle connection ({IDLE} connections): chat-engine {engine_idle:.1} KiB, \
          baseline {bare_idle:.1} KiB"
@@ -402,6 +398,36 @@ fn print_table(rows: &[Row], bare_rate: f64) {
 }
 
 /// Scenario 6: `resume` against the v1 start-up on the same missed messages.
+fn print_sync(name: &str, outcome: &history::Outcome) {
+    println!(
+        "{name}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms ({} clients, one request in flight each)",
+        outcome.per_s,
+        outcome.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+        outcome.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+        history::CLIENTS
+    );
+}
+
+/// Cached `sync` and `resume` on one node and on a one-node cluster, where every read first
+/// catches up with the Redis logs it depends on: what that costs.
+fn reads(measure: Duration) {
+    if !cfg!(feature = "redis") {
+        println!("reads: run `cargo bench --features redis --bench load` for the cluster's");
+        return;
+    }
+    let one = Target::chat_engine();
+    let cluster = Target::chat_engine_cluster(1).expect("redis-server");
+    for (name, target) in [("one node", &one), ("cluster, one node", &cluster)] {
+        history::fill(target);
+        print_sync(
+            &format!("{name}: sync, no cursor (cache)"),
+            &history::run(target, measure, history::cached),
+        );
+        print!("{name}: ");
+        print_resume(&resume::run(target, 100, resume::MISSED));
+    }
+}
+
 fn print_resume(outcome: &resume::Outcome) {
     let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let (resume, v1) = (&outcome.resume_us, &outcome.v1_us);
