@@ -135,12 +135,12 @@ where
             Frame(Option<Result<WsMessage, tungstenite::Error>>),
             Reply(Option<Option<Frame>>),
         }
-        // Read on while replies complete, up to MAX_REPLIES_IN_FLIGHT waiting.
         if closed_for_bad_frames == Some(false) && replies.is_empty() {
             // After the reply to the last bad frame: the client gets every error.
             connection.close_after_queued(close_code::POLICY_VIOLATION);
             closed_for_bad_frames = Some(true);
         }
+        // Read on while replies complete, up to MAX_REPLIES_IN_FLIGHT waiting.
         let next = if replies.is_empty() {
             Next::Frame(stream.next().await)
         } else if replies.len() >= MAX_REPLIES_IN_FLIGHT {
@@ -192,24 +192,20 @@ where
             Ok(WsMessage::Close(_)) => return,
             // Pings are answered by tungstenite itself; pongs only prove the client is alive.
             Ok(_) => continue,
-            Err(tungstenite::Error::Capacity(e)) => {
+            // A frame too large, or text that is not UTF-8: the connection fails with its
+            // close code, and reads stop.
+            Err(e @ (tungstenite::Error::Capacity(_) | tungstenite::Error::Utf8(_))) => {
+                let (code, counted) = match e {
+                    tungstenite::Error::Capacity(_) => (close_code::TOO_BIG, "too_large"),
+                    _ => (close_code::INVALID_PAYLOAD, "bad_request"),
+                };
                 log::info!(
                     "closing connection {} of {}: {e}",
                     connection.id,
                     connection.user
                 );
-                engine.metrics().count_error("too_large");
-                connection.close(close_code::TOO_BIG);
-                return std::future::pending().await;
-            }
-            Err(tungstenite::Error::Utf8(e)) => {
-                log::info!(
-                    "closing connection {} of {}: a text frame is not UTF-8 ({e})",
-                    connection.id,
-                    connection.user
-                );
-                engine.metrics().count_error("bad_request");
-                connection.close(close_code::INVALID_PAYLOAD);
+                engine.metrics().count_error(counted);
+                connection.close(code);
                 return std::future::pending().await;
             }
             Err(_) => return,
@@ -390,9 +386,10 @@ async fn write_loop<S>(
         }
         // An `auth` frame put another token in force (its `ok` wakes this loop): the next
         // warning and close follow the new token's `exp`, sooner or later than the old one's.
-        if shared.connection.token_exp() != armed_exp {
-            armed_exp = shared.connection.token_exp();
-            expiry_timer = expiry.timer(armed_exp);
+        let exp = shared.connection.token_exp();
+        if exp != armed_exp {
+            armed_exp = exp;
+            expiry_timer = expiry.timer(exp);
         }
         let next = smol::future::or(
             async {
@@ -452,7 +449,6 @@ async fn write_loop<S>(
                 break close_code::IDLE;
             }
             Next::Expiry => {
-                let exp = armed_exp;
                 match expiry.due(exp) {
                     Some(Due::Warning) => {
                         let warning = encode(&ServerFrame::TokenExpiring { exp });
