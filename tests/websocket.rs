@@ -1274,15 +1274,10 @@ fn pipelined_sends_are_answered_in_order() {
 #[test]
 fn a_plain_get_of_the_websocket_path_is_426_with_the_upgrade_named() {
     let server = TestServer::start();
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build(),
-    );
     let url = server
         .ws_url(Some(&server.token("u1")))
         .replacen("ws://", "http://", 1);
-    let mut response = agent.get(&url).call().expect("GET /v1/ws");
+    let mut response = common::agent().get(&url).call().expect("GET /v1/ws");
     assert_eq!(response.status().as_u16(), 426);
     assert_eq!(response.headers()["upgrade"], "websocket");
     let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
