@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::redis_server::{available, command_reply, script_calls, RedisCluster, RedisServer};
+use common::redis_server::{
+    available, command_calls, command_reply, script_calls, RedisCluster, RedisServer,
+};
 use common::tmpfs::Tmpfs;
 use common::{config_toml, seqs_of, Process};
 
@@ -1341,6 +1343,45 @@ fn reads_on_any_node_see_at_once_what_another_acknowledged() {
             "{room} read through b, listed on a: {on_a}"
         );
     }
+}
+
+/// Reads that wait on the same logs at once share one question to Redis (where the logs
+/// end), and each still sees every message acknowledged before it began.
+#[test]
+fn reads_waiting_together_share_one_question_to_redis() {
+    if !available("reads_waiting_together_share_one_question_to_redis") {
+        return;
+    }
+    let (redis, a, b) = redis_and_two_nodes();
+    const READERS: usize = 16;
+    const PER_READER: usize = 20;
+    a.create_room("busy", "driver");
+    for i in 0..READERS {
+        a.add_member("busy", &format!("r{i}"));
+    }
+    let sent = b.ws("driver").send_msg("busy", "hello");
+    let mut readers: Vec<_> = (0..READERS).map(|i| a.ws(&format!("r{i}"))).collect();
+    assert_eq!(
+        command_reply(redis.port, "CONFIG RESETSTAT").as_deref(),
+        Some("+OK")
+    );
+    for client in &mut readers {
+        for i in 0..PER_READER {
+            client.send_json(&json!({"type": "sync", "id": i, "room_id": "busy", "since_seq": 0}));
+        }
+    }
+    for client in &mut readers {
+        for i in 0..PER_READER {
+            let reply = client.wait_reply(&json!(i));
+            assert_eq!(seqs_of(&reply), [sent["seq"].as_u64().unwrap()], "{reply}");
+        }
+    }
+    let reads = (READERS * PER_READER) as u64;
+    let questions = command_calls(redis.port, &["xrevrange"]);
+    assert!(
+        (1..reads / 2).contains(&questions),
+        "{reads} reads asked Redis {questions} times"
+    );
 }
 
 fn upgrade_status(node: &Node, token: &str) -> u16 {

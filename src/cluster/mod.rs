@@ -9,6 +9,7 @@
 //! data (AOF) for a Redis restart to lose nothing: see docs/cluster.md.
 
 mod link;
+mod probes;
 mod scripts;
 mod sends;
 
@@ -31,6 +32,7 @@ use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
 use crate::storage::{Batch, Storage};
 use crate::sync::lock;
 use link::{backoff, Conn, Link};
+use probes::ProbeQueue;
 use scripts::{
     dedup_field, log_key, shard_of, typing_key, RoomKeys, Scripts, SendArgs, IDENTITY_KEY,
     TYPING_LOG_LEN,
@@ -134,6 +136,8 @@ pub struct Cluster {
     shards: Vec<ShardProgress>,
     /// Each shard group's message sends waiting for a script call ([`Cluster::shard_groups`]).
     sends: Vec<SendQueue>,
+    /// Each shard group's reads waiting to learn where the logs end ([`Cluster::catch_up`]).
+    probes: Vec<ProbeQueue>,
     /// The data set this node's positions belong to, once known.
     epoch: Mutex<Option<String>>,
     /// Why this node cannot serve as a faithful replica (missed changes, Redis lost its
@@ -205,6 +209,7 @@ impl Cluster {
             sends: (0..groups)
                 .map(|_| SendQueue::new(config.sends_per_call))
                 .collect(),
+            probes: (0..groups).map(|_| ProbeQueue::default()).collect(),
             epoch: Mutex::new(storage.cluster_epoch()?),
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
@@ -285,27 +290,27 @@ impl Cluster {
     /// last now: whatever any node acknowledged before is then visible here. Without Redis
     /// it answers at once, and reads go on from what this node has.
     async fn catch_up(&self, shards: impl IntoIterator<Item = u16>) -> Result<(), Error> {
-        let Ok(conn) = self.conn() else {
+        if self.conn().is_err() {
             return Ok(());
-        };
-        let waits = shards.into_iter().map(|shard| {
-            let mut conn = conn.clone();
-            async move {
-                let last: redis::streams::StreamRangeReply =
-                    match conn.xrevrange_count(log_key(shard), "+", "-", 1).await {
-                        Ok(last) => last,
-                        Err(e) => {
-                            let _ = self.failed(e);
-                            return Ok(());
-                        }
-                    };
-                match last.ids.first().and_then(|e| LogPosition::parse(&e.id)) {
-                    Some(position) => self.wait_applied(shard, position).await,
-                    None => Ok(()),
-                }
-            }
+        }
+        let mut by_group: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
+        for shard in shards {
+            by_group
+                .entry(group_of(&self.config, shard))
+                .or_default()
+                .push(shard);
+        }
+        let asks = by_group.into_iter().map(|(group, shards)| async move {
+            let Some(ends) = self.probes[group].ends(shards.clone()).await else {
+                return Ok(());
+            };
+            let waits = shards.into_iter().filter_map(|shard| {
+                let end = *ends.get(&shard)?;
+                Some(self.wait_applied(shard, end))
+            });
+            futures_util::future::try_join_all(waits).await.map(drop)
         });
-        futures_util::future::try_join_all(waits).await.map(drop)
+        futures_util::future::try_join_all(asks).await.map(drop)
     }
 
     fn pending(self: &Arc<Self>, shard: u16, id: &str) -> Result<Pending, Error> {
@@ -1036,6 +1041,10 @@ impl Authority for Arc<Cluster> {
                 let cluster = self.clone();
                 tasks.push(smol::spawn(async move {
                     cluster.send_queued(&cluster.sends[group]).await
+                }));
+                let cluster = self.clone();
+                tasks.push(smol::spawn(async move {
+                    cluster.probe_queued(&cluster.probes[group]).await
                 }));
             }
             self.keep_up(engine).await;

@@ -125,13 +125,23 @@ pub fn command_reply(port: u16, command: &str) -> Option<String> {
 /// How many times Redis has run scripts (`EVAL` and `EVALSHA`) since it started or since
 /// `CONFIG RESETSTAT`.
 pub fn script_calls(port: u16) -> u64 {
+    command_calls(port, &["eval", "evalsha"])
+}
+
+/// How many times Redis has run any of `commands` (lower case) since it started or since
+/// `CONFIG RESETSTAT`.
+pub fn command_calls(port: u16, commands: &[&str]) -> u64 {
     let output = Command::new("redis-cli")
         .args(["-p", &port.to_string(), "INFO", "commandstats"])
         .output()
         .expect("redis-cli runs");
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter(|line| line.starts_with("cmdstat_eval:") || line.starts_with("cmdstat_evalsha:"))
+        .filter(|line| {
+            commands
+                .iter()
+                .any(|command| line.starts_with(&format!("cmdstat_{command}:")))
+        })
         .filter_map(|line| {
             line.split("calls=")
                 .nth(1)?
