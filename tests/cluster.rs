@@ -1221,9 +1221,9 @@ fn sends_queued_together_are_each_decided_once_and_answered() {
     );
 }
 
-/// Webhooks in cluster mode: each change's events are written by the node that asked for
-/// it, so every event is sent once for the whole cluster, with one id; a `received` on one
-/// node spares a `notify` that another node decides.
+/// Webhooks in cluster mode: every event is sent once for the whole cluster, with one id,
+/// whichever node took the change; a `received` on one node spares a `notify` that the
+/// sending node decides.
 #[test]
 fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
     if !available("each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node") {
@@ -1297,6 +1297,82 @@ fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
         .map(|u| u["user_id"].clone())
         .collect();
     assert_eq!(named, [json!("away"), json!("driver")], "{users}");
+}
+
+/// The seqs of `room`'s `message` events in the order the endpoint first saw each.
+fn first_seen_seqs(events: &[Value], room: &str) -> Vec<u64> {
+    let mut seen = HashSet::new();
+    events
+        .iter()
+        .filter(|e| e["type"] == "message" && e["room_id"] == room)
+        .filter(|e| seen.insert(e["id"].as_str().unwrap().to_owned()))
+        .map(|e| e["message"]["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Webhooks in cluster mode: one node sends every event, so a room whose messages come
+/// through two nodes at once reaches the endpoint in commit order, each event once; when
+/// that node dies with events unsent, the other takes over and sends them, none lost.
+#[test]
+fn one_node_sends_webhooks_in_commit_order_and_another_takes_over_when_it_dies() {
+    if !available("one_node_sends_webhooks_in_commit_order_and_another_takes_over_when_it_dies") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let receiver = common::receiver::Receiver::start();
+    let hooks = format!(
+        "[webhooks]\nurl = \"{}\"\nsecret = \"cluster-secret\"\nevents = [\"message\"]\n",
+        receiver.url()
+    );
+    let mut nodes = [
+        Node::start_with(&redis.url(), false, &hooks),
+        Node::start_with(&redis.url(), false, &hooks),
+    ];
+    nodes[0].create_room("both", "u0");
+    nodes[0].add_member("both", "u1");
+    nodes[1].wait_for_members("both", 2);
+    let mut clients = [nodes[0].ws("u0"), nodes[1].ws("u1")];
+    // Both nodes take sends at once, neither client waiting for its answers.
+    let mut burst = |round: usize| {
+        for i in 0..20 {
+            for client in &mut clients {
+                client.send_json(&json!({"type": "send", "id": format!("{round}-{i}"),
+                                         "room_id": "both", "text": format!("{round}-{i}")}));
+            }
+        }
+        for client in &mut clients {
+            for i in 0..20 {
+                let reply = client.wait_reply(&json!(format!("{round}-{i}")));
+                assert_eq!(reply["type"], "sent", "{reply}");
+            }
+        }
+    };
+    burst(1);
+    let events = receiver.wait_for("40 messages", |events| {
+        first_seen_seqs(events, "both").len() >= 40
+    });
+    assert_eq!(
+        first_seen_seqs(&events, "both"),
+        (1..=40).collect::<Vec<_>>(),
+        "the endpoint's first sight of each event is in commit order"
+    );
+    let delivered = |node: &Node| node.metric("chat_engine_webhook_events_delivered_total");
+    let senders: Vec<usize> = (0..2).filter(|&n| delivered(&nodes[n]) > 0.0).collect();
+    assert_eq!(senders.len(), 1, "one node sends");
+    assert_eq!(events.len(), 40, "each event once: {events:?}");
+    // The sender dies while the endpoint fails: the other node still has every event.
+    receiver.answer(common::receiver::Answer::Status(500));
+    burst(2);
+    nodes[senders[0]].kill();
+    receiver.answer(common::receiver::Answer::Status(200));
+    let events = receiver.wait_for("80 messages after the takeover", |events| {
+        first_seen_seqs(events, "both").len() >= 80
+    });
+    assert_eq!(
+        first_seen_seqs(&events, "both"),
+        (1..=80).collect::<Vec<_>>()
+    );
+    assert!(delivered(&nodes[1 - senders[0]]) >= 40.0);
 }
 
 /// The HTTP status of an upgrade with `token` on `node`, or 101 (after a ping answered).

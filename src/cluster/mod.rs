@@ -12,9 +12,10 @@ mod link;
 mod probes;
 mod scripts;
 mod sends;
+mod webhooks;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +25,8 @@ use redis::{AsyncCommands, RedisError, Value};
 
 use crate::config::ClusterConfig;
 use crate::engine::{
-    Applied, Authority, Change, Completion, Decided, Decision, Disconnect, Durable, Engine, Made,
-    Post, Proposal, Scope, Stamp,
+    Applied, Authority, Change, Completion, Decided, Decision, Delivered, Disconnect, Durable,
+    Engine, Made, Post, Proposal, Scope, Stamp,
 };
 use crate::error::{Error, StartError, StorageError};
 use crate::protocol::{now_ms, RoomId, RoomKind, UserId};
@@ -144,6 +145,8 @@ pub struct Cluster {
     /// data, shard count differs): it stays not ready until an operator acts.
     broken: Mutex<Option<String>>,
     typing_in_flight: AtomicUsize,
+    /// Until when (ms) this node holds the webhook sender lease; 0 when it does not.
+    sends_webhooks_until: AtomicU64,
     /// This node's name (its data directory's epoch) and the log cap, as every script's
     /// `<max_len>:<node>` argument: a logged change names the node that asked for it.
     node: String,
@@ -213,6 +216,7 @@ impl Cluster {
             epoch: Mutex::new(storage.cluster_epoch()?),
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
+            sends_webhooks_until: AtomicU64::new(0),
             append_spec: format!("{}:{node}", config.log_max_len),
             dedup_window: format!("{} {}", config.dedup_max_fields, config.dedup_ttl_ms),
             node,
@@ -644,7 +648,11 @@ impl Cluster {
                 Ok(None) if self.broken().is_none() => self.set_broken(
                     "Redis lost its data while this node was connected (was it flushed?)".into(),
                 ),
-                Ok(_) => {}
+                Ok(_) => {
+                    if engine.config().webhooks.url.is_some() {
+                        self.renew_lease(conn).await;
+                    }
+                }
             }
             self.link.until_broken(PING_EVERY).await;
         }
@@ -847,9 +855,6 @@ impl Cluster {
         completions: &mut Vec<Completion>,
     ) -> Result<(), Error> {
         for entry in entries {
-            // The node that asked for a change writes its webhook events; the others only
-            // apply it, so each event is sent once for the whole cluster.
-            let asked_here = entry.get::<String>("node").as_deref() == Some(self.node.as_str());
             let change = match logged(entry) {
                 Ok(Logged::Change(change)) => change,
                 Ok(Logged::Disconnect(disconnect)) => {
@@ -862,7 +867,7 @@ impl Cluster {
                     continue;
                 }
             };
-            let Applied { completion, gap } = engine.apply(change, asked_here).await?;
+            let Applied { completion, gap } = engine.apply(change).await?;
             if let Some(missing) = gap {
                 // A commit that failed meanwhile rolled its room back to disk, which looks
                 // like a gap to the entries after it: only a gap behind durable entries is
@@ -1023,6 +1028,24 @@ impl Authority for Arc<Cluster> {
 
     fn is_ready(&self) -> bool {
         Cluster::is_ready(self)
+    }
+
+    fn sends_webhooks(&self) -> bool {
+        Cluster::sends_webhooks(self)
+    }
+
+    fn webhooks_delivered<'a>(
+        &'a self,
+        delivered: &'a [Delivered],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.record_delivered(delivered))
+    }
+
+    fn webhooks_delivered_elsewhere<'a>(
+        &'a self,
+        streams: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, Error>> {
+        Box::pin(self.delivered(streams))
     }
 
     /// Keeps the Redis connection up and applies every shard's log.

@@ -23,6 +23,12 @@
 //! a node whether the positions it stored belong to this Redis, and the shard count every
 //! node must share.
 //!
+//! With webhooks on, `ce:webhooks:sender` (no tag) names the node that sends them, for as
+//! long as it renews it (a lease with a TTL), and the hash `ce:webhooks:delivered` maps each
+//! event stream (an event's `id` less its last part) to the last seq of it that node's
+//! endpoint acknowledged: every node writes every event, and the others drop their copies
+//! up to there.
+//!
 //! Each script checks, decides, and appends the change to the log in one atomic step. A
 //! change that was already made appends nothing and answers `unchanged` with the log's
 //! last id, so the caller can wait until its node has applied everything up to there.
@@ -45,6 +51,8 @@ pub fn shard_of(id: &str, shards: u16) -> u16 {
 }
 
 pub const IDENTITY_KEY: &str = "ce:identity";
+pub const SENDER_KEY: &str = "ce:webhooks:sender";
+pub const DELIVERED_KEY: &str = "ce:webhooks:delivered";
 
 /// The keys of one room, all in its shard's slot.
 pub struct RoomKeys {
@@ -128,8 +136,8 @@ local function last_id(log)
   return last[1][1]
 end
 -- `spec` is the log's length cap and the asking node's name, `<max_len>:<node>` (a node
--- from before names were sent gives the cap alone). Each entry says which node asked, so
--- that node alone writes the change's webhook events.
+-- from before names were sent gives the cap alone). Each entry says which node asked, for
+-- whoever reads the log.
 local function append(log, spec, ...)
   local max_len, node = string.match(spec, '^(%d+):?(.*)$')
   return redis.call('XADD', log, 'MAXLEN', '~', max_len, '*', 'node', node, ...)
@@ -322,6 +330,25 @@ local at = string.format('%d', now_ms())
 return append(KEYS[1], ARGV[2], 'user', ARGV[1], 'revoke', ARGV[3], 'at', at)
 "#;
 
+/// KEYS: the sender lease. ARGV: this node's name, the lease's TTL in ms. Takes the lease
+/// if nobody holds it, or renews it if this node does; answers 1 if this node holds it.
+const LEASE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// KEYS: the delivered hash. ARGV: stream, seq, stream, seq, ... Moves each stream's mark
+/// forward only: a sender that took over may send again what an earlier one had.
+const DELIVERED: &str = r#"
+for i = 1, #ARGV, 2 do
+  local was = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > was then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 0
+"#;
+
 /// The scripts, each loaded into Redis once per connection (EVALSHA, then EVAL on
 /// NOSCRIPT, which `redis::Script` does by itself).
 pub struct Scripts {
@@ -332,6 +359,8 @@ pub struct Scripts {
     pub close: Script,
     pub read: Script,
     pub disconnect: Script,
+    pub lease: Script,
+    pub delivered: Script,
 }
 
 impl Scripts {
@@ -345,6 +374,8 @@ impl Scripts {
             close: script(CLOSE),
             read: script(READ),
             disconnect: script(DISCONNECT),
+            lease: script(LEASE),
+            delivered: script(DELIVERED),
         }
     }
 

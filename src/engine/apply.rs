@@ -37,10 +37,7 @@ impl Engine {
     /// queueing its writes behind every change applied before it. Applying again what was
     /// applied already changes nothing, because a node that stops between applying and
     /// recording its log position applies it again.
-    ///
-    /// `events`: whether this node writes the change's webhook events (in cluster mode, the
-    /// node that asked for the change).
-    pub async fn apply(&self, change: Change, events: bool) -> Result<Applied, Error> {
+    pub async fn apply(&self, change: Change) -> Result<Applied, Error> {
         let room_id = change.room_id().clone();
         match change {
             Change::Created { .. } | Change::Closed { .. } => {
@@ -61,7 +58,7 @@ impl Engine {
                 let mut change = change;
                 loop {
                     let slot = self.inner.writer.reserve().await;
-                    match self.apply_in_room(slot, &room, change, read.as_ref(), events) {
+                    match self.apply_in_room(slot, &room, change, read.as_ref()) {
                         Ok(applied) => return Ok(applied),
                         Err(OnDisk {
                             change: back,
@@ -85,7 +82,6 @@ impl Engine {
         room: &Arc<Room>,
         change: Change,
         read: Option<&(u64, Option<Arc<Message>>)>,
-        events: bool,
     ) -> Result<Applied, OnDisk> {
         let mut state = room.state();
         let mut target = None;
@@ -112,7 +108,7 @@ impl Engine {
                 }
             }
         }
-        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target, events);
+        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target);
         Ok(Applied {
             completion: Some(completion),
             gap: None,
@@ -267,7 +263,7 @@ impl Engine {
     /// Applies a change inside an open room, under its lock. `target` is the current state
     /// of a change message's target (`None` when it is gone). A change that was made already
     /// (a member who is one, a marker already there) submits a barrier and answers
-    /// [`Made::Before`]. With `events`, the change's webhook events go in its batch.
+    /// [`Made::Before`]. The change's webhook events go in its batch.
     pub(super) fn apply_to_room(
         &self,
         slot: Slot,
@@ -275,9 +271,8 @@ impl Engine {
         state: &mut RoomState,
         change: Change,
         target: Option<Arc<Message>>,
-        events: bool,
     ) -> (Made, Completion) {
-        match self.transition(room, state, change, target, events) {
+        match self.transition(room, state, change, target) {
             Some((batch, committed)) => (Made::Now, self.submit(slot, room, batch, committed)),
             None => (Made::Before, self.barrier(slot, room)),
         }
@@ -291,7 +286,6 @@ impl Engine {
         state: &mut RoomState,
         change: Change,
         target: Option<Arc<Message>>,
-        events: bool,
     ) -> Option<(Batch, Committed)> {
         let room_id = &room.id;
         let mut batch = Batch::new();
@@ -362,7 +356,7 @@ impl Engine {
                 };
                 state.members.insert(user_id.clone(), moved);
                 batch.read_record(user_id.as_str(), room_id.as_str(), read_record(moved));
-                if events && read_seq > member.read_seq {
+                if read_seq > member.read_seq {
                     self.read_event(&mut batch, room_id, &user_id, read_seq);
                 }
                 Committed {
@@ -377,7 +371,7 @@ impl Engine {
             Change::Posted { seq, ts, post, .. } => {
                 let stamp = Stamp { seq, ts };
                 let committed = self.apply_post(room, state, &mut batch, stamp, post, target);
-                if let Some(message) = committed.message.as_deref().filter(|_| events) {
+                if let Some(message) = committed.message.as_deref() {
                     self.message_event(&mut batch, message);
                     self.pending_notify(&mut batch, message, &state.audience);
                 }

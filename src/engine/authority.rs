@@ -23,6 +23,15 @@ pub enum Scope<'a> {
     Everything,
 }
 
+/// How far webhook events were delivered in one event stream: the events of one kind about
+/// one room (or one member's read marker in it), which every node writes in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub stream: String,
+    /// The last seq of the stream the endpoint acknowledged.
+    pub seq: u64,
+}
+
 /// Who decides changes, and what comes with that duty.
 pub trait Authority: Send + Sync + 'static {
     /// Decides `proposal` and sees that `engine` applies it. Resolves once it is decided,
@@ -59,6 +68,32 @@ pub trait Authority: Send + Sync + 'static {
         _scope: Scope<'a>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Whether this node sends the webhook events now. Every node writes every event to its
+    /// outbox, but one sends at a time (cluster mode: the holder of a lease in Redis), so
+    /// the endpoint gets each room's events in commit order even when the room's changes
+    /// came through several nodes, and a node that dies loses none. On one node, always.
+    fn sends_webhooks(&self) -> bool {
+        true
+    }
+
+    /// Called by the sending node once the endpoint acknowledged events: how far it got in
+    /// each event stream ([`Delivered`]), so that the other nodes drop their copies.
+    fn webhooks_delivered<'a>(
+        &'a self,
+        _delivered: &'a [Delivered],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// For a node that does not send: how far the sending node got in each of `streams`
+    /// (`None` for a stream it has sent nothing of).
+    fn webhooks_delivered_elsewhere<'a>(
+        &'a self,
+        streams: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, Error>> {
+        Box::pin(std::future::ready(Ok(vec![None; streams.len()])))
     }
 
     /// Whether it can decide now (`/readyz`).

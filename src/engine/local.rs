@@ -137,7 +137,7 @@ impl Engine {
         let mut state = room.state();
         room.ensure_open(&state)?;
         let change = decide((&room, &state))?;
-        let (made, completion) = self.apply_to_room(slot, &room, &mut state, change, None, true);
+        let (made, completion) = self.apply_to_room(slot, &room, &mut state, change, None);
         Ok(decided(made, Durable::Commit(completion)))
     }
 }
@@ -300,7 +300,7 @@ impl Engine {
             ts: stamp.ts,
             post,
         };
-        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target, true);
+        let (_, completion) = self.apply_to_room(slot, room, &mut state, change, target);
         Ok(Ok(Decided {
             made: Made::Now,
             stamp: Some(stamp),

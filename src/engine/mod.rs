@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use apply::Applied;
-pub use authority::{Authority, Scope};
+pub use authority::{Authority, Delivered, Scope};
 pub use change::{Amendment, Change, Decided, Decision, Made, Post, Proposal};
 pub use changes::Judged;
 pub use commit::{Completion, Durable};

@@ -12,6 +12,17 @@ use crate::storage::Batch;
 
 use super::Engine;
 
+/// The event stream and seq of a stored event, from its `id`
+/// (`<kind>/<epoch>/<about>.../<seq>`): every node writes a stream's events in the same
+/// order, so how far one node delivered it says which copies the others may drop.
+pub(super) fn stream_of(json: &[u8]) -> Option<(&str, u64)> {
+    let rest = json.strip_prefix(br#"{"id":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let id = std::str::from_utf8(&rest[..end]).ok()?;
+    let (stream, seq) = id.rsplit_once('/')?;
+    Some((stream, seq.parse().ok()?))
+}
+
 impl Engine {
     /// An event's `id`: its type first (the sender tells `read` and `notify` events by it),
     /// then the history epoch, then what it is about.

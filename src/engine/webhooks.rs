@@ -8,6 +8,7 @@
 //! batch, and a dead endpoint costs the outbox space, bounded by `webhooks.max_pending`
 //! (beyond it the oldest events are dropped and counted).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -17,6 +18,8 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::events::{Event, Subscriber};
+use super::outbox::stream_of;
+use super::Delivered;
 use super::Engine;
 use crate::error::Error;
 use crate::protocol::{now_ms, RoomId, RoomsPage, UserId};
@@ -82,7 +85,9 @@ impl Subscriber for Signal {
 }
 
 impl Engine {
-    /// Delivers the outbox until [`Signal::stop`]; runs on its own thread.
+    /// Delivers the outbox until [`Signal::stop`]; runs on its own thread. While another
+    /// node sends ([`super::Authority::sends_webhooks`]), it drops instead the events that
+    /// node's endpoint acknowledged, and keeps the others for when it sends itself.
     pub fn deliver_webhooks(&self, signal: Arc<Signal>) {
         let config = &self.inner.config.webhooks;
         let Some(url) = config.url.clone() else {
@@ -100,8 +105,21 @@ impl Engine {
         let mut failures: u32 = 0;
         // The number the oldest undelivered event has at least.
         let mut cursor = 0;
+        // How far this node got in each stream, not yet told to the other nodes.
+        let mut untold = BTreeMap::new();
         while !signal.stopping() {
-            match self.deliver_once(&agent, &url, &mut cursor) {
+            if !self.inner.authority.sends_webhooks() {
+                match self.drop_delivered_elsewhere(&mut cursor) {
+                    Ok(true) => {}
+                    Ok(false) => signal.pause(Duration::from_millis(200)),
+                    Err(reason) => {
+                        log::debug!("webhooks: cannot learn what was delivered: {reason}");
+                        signal.pause(Duration::from_secs(1));
+                    }
+                }
+                continue;
+            }
+            match self.deliver_once(&agent, &url, &mut cursor, &mut untold) {
                 Ok(true) => failures = 0,
                 // Pending notifies fall due without a commit to wake the sender.
                 Ok(false) => signal.wait(Duration::from_millis(100)),
@@ -122,6 +140,7 @@ impl Engine {
         agent: &ureq::Agent,
         url: &str,
         cursor: &mut u64,
+        untold: &mut BTreeMap<String, u64>,
     ) -> Result<bool, String> {
         let config = &self.inner.config.webhooks;
         let storage = &self.inner.storage;
@@ -136,23 +155,30 @@ impl Engine {
             return Ok(false);
         };
         let mut body = br#"{"events":["#.to_vec();
-        for (i, (_, json)) in events.iter().enumerate() {
-            if i > 0 {
+        let mut sent = 0;
+        for (_, json) in &events {
+            let Some(event) = self.as_sent(json).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            if sent > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&self.with_unread(json).map_err(|e| e.to_string())?);
+            body.extend_from_slice(&event);
+            sent += 1;
         }
         body.extend_from_slice(b"]}");
-        let signature = sign(&config.secret, &body);
-        let response = agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .header(SIGNATURE_HEADER, &format!("sha256={signature}"))
-            .send(&body[..])
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("the endpoint answered {status}"));
+        if sent > 0 {
+            let signature = sign(&config.secret, &body);
+            let response = agent
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header(SIGNATURE_HEADER, &format!("sha256={signature}"))
+                .send(&body[..])
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("the endpoint answered {status}"));
+            }
         }
         let mut done = Batch::new();
         done.events_delivered(events.iter().map(|(number, _)| *number));
@@ -160,23 +186,103 @@ impl Engine {
             .write(done.writes(), false)
             .map_err(|e| e.to_string())?;
         *cursor = last + 1;
+        for (stream, seq) in events.iter().filter_map(|(_, json)| stream_of(json)) {
+            let told = untold.entry(stream.to_owned()).or_default();
+            *told = (*told).max(seq);
+        }
+        self.tell_delivered(untold);
         let metrics = &self.inner.metrics;
-        metrics.webhook_delivered.inc_by(events.len() as u64);
-        let oldest: Option<Stamped> = serde_json::from_slice(&events[0].1).ok();
-        let lag = now_ms().saturating_sub(oldest.map_or(now_ms(), |e| e.ts));
-        metrics.webhook_lag_seconds.observe(lag as f64 / 1000.0);
+        metrics.webhook_delivered.inc_by(sent);
+        let oldest = events.iter().find_map(|(_, json)| {
+            let sent: Stamped = serde_json::from_slice(json).ok()?;
+            Some(sent.ts)
+        });
+        if let Some(ts) = oldest {
+            let lag = now_ms().saturating_sub(ts);
+            metrics.webhook_lag_seconds.observe(lag as f64 / 1000.0);
+        }
         Ok(true)
     }
 
-    /// An event as sent: `read` and `notify` events get the users' total unread counts now;
-    /// the others go as they were stored, byte for byte.
-    fn with_unread(&self, json: &[u8]) -> Result<Vec<u8>, Error> {
+    /// Tells the other nodes how far the endpoint acknowledged each stream, so they drop
+    /// their copies; what cannot be told now is told after the next batch. Untold, those
+    /// copies stay, and would only be sent again if this node stopped sending.
+    fn tell_delivered(&self, untold: &mut BTreeMap<String, u64>) {
+        let delivered: Vec<Delivered> = untold
+            .iter()
+            .map(|(stream, &seq)| Delivered {
+                stream: stream.clone(),
+                seq,
+            })
+            .collect();
+        match smol::block_on(self.inner.authority.webhooks_delivered(&delivered)) {
+            Ok(()) => untold.clear(),
+            Err(e) => log::debug!("webhooks: cannot tell the other nodes what was sent: {e}"),
+        }
+    }
+
+    /// For a node that does not send: drops the events from `cursor` on that the sending
+    /// node's endpoint acknowledged. `Ok(true)` when it dropped any.
+    fn drop_delivered_elsewhere(&self, cursor: &mut u64) -> Result<bool, String> {
+        let storage = &self.inner.storage;
+        self.resolve_notifies().map_err(|e| e.to_string())?;
+        self.drop_over_max_pending(cursor)
+            .map_err(|e| e.to_string())?;
+        // More than one batch: the sender's batches interleave streams in its own order.
+        let window = self.inner.config.webhooks.batch_size.saturating_mul(10);
+        let events = storage.events(*cursor, window).map_err(|e| e.to_string())?;
+        let positions: Vec<Option<(&str, u64)>> =
+            events.iter().map(|(_, json)| stream_of(json)).collect();
+        let mut streams: Vec<&str> = positions.iter().flatten().map(|(s, _)| *s).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let marks = smol::block_on(self.inner.authority.webhooks_delivered_elsewhere(&streams))
+            .map_err(|e| e.to_string())?;
+        let delivered = |position: &Option<(&str, u64)>| {
+            let Some((stream, seq)) = position else {
+                return false;
+            };
+            let at = streams.binary_search(stream).ok();
+            at.and_then(|i| marks.get(i).copied().flatten())
+                .is_some_and(|mark| mark >= *seq)
+        };
+        let dropped: Vec<u64> = events
+            .iter()
+            .zip(&positions)
+            .filter(|(_, position)| delivered(position))
+            .map(|((number, _), _)| *number)
+            .collect();
+        if dropped.is_empty() {
+            return Ok(false);
+        }
+        // The cursor moves past the leading run of dropped events only.
+        let kept = events
+            .iter()
+            .zip(&positions)
+            .find(|(_, position)| !delivered(position));
+        *cursor = kept.map_or_else(|| dropped[dropped.len() - 1] + 1, |((n, _), _)| *n);
+        let mut done = Batch::new();
+        done.events_delivered(dropped.iter().copied());
+        storage
+            .write(done.writes(), false)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// An event as sent, or `None` for the record of a `notify` that had nobody left to
+    /// tell (kept in order so that every node learns it was dealt with). `read` and
+    /// `notify` events get the users' total unread counts now; the others go as they were
+    /// stored, byte for byte.
+    fn as_sent(&self, json: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let filled = [&br#"{"id":"read/"#[..], &br#"{"id":"notify/"#[..]];
         if !filled.iter().any(|prefix| json.starts_with(prefix)) {
-            return Ok(json.to_vec());
+            return Ok(Some(json.to_vec()));
         }
         let mut event: Value = serde_json::from_slice(json)
             .map_err(|e| Error::Internal(format!("an outbox event is not JSON: {e}")))?;
+        if event.get("silent").is_some() {
+            return Ok(None);
+        }
         if event["type"] == "read" {
             event["unread"] = self.total_unread(&event["user_id"])?.into();
         }
@@ -185,13 +291,13 @@ impl Engine {
                 user["unread"] = self.total_unread(&user["user_id"])?.into();
             }
         }
-        Ok(event.to_string().into_bytes())
+        Ok(Some(event.to_string().into_bytes()))
     }
 
     /// Turns the pending notifies that are due into `notify` events, naming the members who
     /// are still members and whose apps have not acknowledged the message (`received` or
-    /// `read`); one with nobody left to tell makes no event. Each is resolved in one write:
-    /// the event in, the pending notify out.
+    /// `read`); one with nobody left to tell leaves a silent record, never sent. Each is
+    /// resolved in one write: the event in, the pending notify out.
     fn resolve_notifies(&self) -> Result<(), Error> {
         let storage = &self.inner.storage;
         for (key, json) in storage.due_notifies(now_ms(), 100)? {
@@ -219,18 +325,21 @@ impl Engine {
                 // Closed meanwhile: its members left, nobody to tell.
                 None => Vec::new(),
             };
-            let mut batch = Batch::new();
-            if !to_tell.is_empty() {
-                let event = json!({
-                    "id": self.event_id("notify", format_args!("{room_id}/{seq}")),
+            let id = self.event_id("notify", format_args!("{room_id}/{seq}"));
+            let event = if to_tell.is_empty() {
+                json!({"id": id, "silent": true})
+            } else {
+                json!({
+                    "id": id,
                     "type": "notify",
                     "ts": now_ms(),
                     "room_id": room_id,
                     "message": pending["message"],
                     "users": to_tell,
-                });
-                batch.event(event.to_string().into_bytes());
-            }
+                })
+            };
+            let mut batch = Batch::new();
+            batch.event(event.to_string().into_bytes());
             batch.notify_resolved(key);
             storage.write(batch.writes(), true)?;
         }
