@@ -36,6 +36,8 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(feature = "redis")]
+pub use cluster::reseed;
 pub use config::Config;
 pub use error::{Error, StartError};
 

@@ -56,6 +56,17 @@ enum Command {
         #[structopt(long)]
         data: Option<PathBuf>,
     },
+    /// After Redis lost its data: fills the empty Redis from this stopped node's data
+    /// directory, with a new history epoch. Then replace the other nodes' data directories
+    /// with a backup of this one.
+    #[cfg(feature = "redis")]
+    Reseed {
+        #[structopt(long)]
+        config: Option<PathBuf>,
+        /// Data directory to seed from (overrides storage.path).
+        #[structopt(long)]
+        data: Option<PathBuf>,
+    },
     /// Prints a token for a user, signed with the configured secret.
     Token {
         user: String,
@@ -147,6 +158,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                     restored.epoch
                 ),
             }
+            Ok(())
+        }
+        #[cfg(feature = "redis")]
+        Command::Reseed { config, data } => {
+            let config = load_config(config.as_ref(), data)?;
+            let reseeded = chat_engine::reseed::reseed(&config)?;
+            println!(
+                "reseeded Redis from {} ({} rooms; history epoch {}); replace the other \
+                 nodes' data directories with a backup of this one before starting them",
+                config.storage.path.display(),
+                reseeded.rooms,
+                reseeded.epoch
+            );
             Ok(())
         }
         Command::Token { user, ttl, config } => {

@@ -1299,6 +1299,97 @@ fn each_event_is_sent_once_for_the_cluster_and_acks_count_on_any_node() {
     assert_eq!(named, [json!("away"), json!("driver")], "{users}");
 }
 
+/// After Redis lost its data, `chat-engine reseed` fills it from a stopped node's data
+/// directory, with a new history epoch: rooms, members, closed rooms and seqs go on from
+/// where that node's history ends, and a node started from its backup joins. It refuses
+/// while the node runs, and once Redis holds a data set.
+#[test]
+fn reseed_fills_an_emptied_redis_from_a_node_with_a_new_epoch() {
+    if !available("reseed_fills_an_emptied_redis_from_a_node_with_a_new_epoch") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let mut a = Node::start(&redis.url(), false);
+    a.create_room("kept", "driver");
+    a.add_member("kept", "rider");
+    for i in 1..=3 {
+        a.post_message("kept", json!({"text": format!("m{i}")}));
+    }
+    a.create_room("shut", "driver");
+    assert_eq!(a.rest("DELETE", "/v1/rooms/shut", None).0, 204);
+    let old_epoch = a.epoch("kept");
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("node.toml");
+    std::fs::write(&config_file, &a.config).unwrap();
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let reseed = |data: &std::path::Path| {
+        let args = [
+            "reseed",
+            "--config",
+            &arg(&config_file),
+            "--data",
+            &arg(data),
+        ];
+        let (status, out, err) = common::run_bin(&args, Duration::from_secs(60));
+        (
+            status.code(),
+            out,
+            err.lines().last().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(
+        command_reply(redis.port, "FLUSHALL").as_deref(),
+        Some("+OK")
+    );
+    let (code, _, why) = reseed(a.data.path());
+    assert_eq!(code, Some(1));
+    assert!(why.contains("in use by a running server"), "{why}");
+    a.kill();
+    let (code, out, why) = reseed(a.data.path());
+    assert_eq!(code, Some(0), "{why}");
+    assert!(
+        out.contains("reseeded Redis") && out.contains("2 rooms"),
+        "{out}"
+    );
+    let (code, _, why) = reseed(a.data.path());
+    assert_eq!(code, Some(1));
+    assert!(why.contains("holds a data set already"), "{why}");
+
+    a.start_again();
+    a.wait_ready(true);
+    let epoch = a.epoch("kept");
+    assert_ne!(
+        epoch, old_epoch,
+        "a reseeded cluster has a new history epoch"
+    );
+    assert_eq!(
+        a.history("kept").keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(a.ws("rider").send_msg("kept", "after")["seq"], 4);
+    let (status, body) = a.rest("PUT", "/v1/rooms/shut", Some(json!({"owner_id": "driver"})));
+    assert_eq!(status, 409, "a closed room stays closed: {body}");
+
+    // A node started from a backup of the reseeded one joins the new data set.
+    let seeded = tempfile::tempdir().unwrap();
+    std::fs::remove_dir(seeded.path()).unwrap();
+    let args = [
+        "backup",
+        "--to",
+        &arg(seeded.path()),
+        "--server",
+        &a.addr.to_string(),
+        "--config",
+        &arg(&config_file),
+    ];
+    let (status, out, err) = common::run_bin(&args, Duration::from_secs(60));
+    assert!(status.success(), "{out} {err}");
+    let b = Node::start_in(seeded, &redis.url(), false, "");
+    assert_eq!(b.epoch("kept"), epoch);
+    assert_eq!(b.ws("driver").send_msg("kept", "from b")["seq"], 5);
+    assert_eq!(a.history_of_size("kept", 5).len(), 5);
+}
+
 /// The seqs of `room`'s `message` events in the order the endpoint first saw each.
 fn first_seen_seqs(events: &[Value], room: &str) -> Vec<u64> {
     let mut seen = HashSet::new();

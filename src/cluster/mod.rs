@@ -10,6 +10,7 @@
 
 mod link;
 mod probes;
+pub mod reseed;
 mod scripts;
 mod sends;
 mod webhooks;
@@ -147,9 +148,11 @@ pub struct Cluster {
     typing_in_flight: AtomicUsize,
     /// Until when (ms) this node holds the webhook sender lease; 0 when it does not.
     sends_webhooks_until: AtomicU64,
-    /// This node's name (its data directory's epoch) and the log cap, as every script's
+    /// The name it holds the lease under: its own per process, since a node seeded from a
+    /// backup of another has that node's name.
+    lease_name: String,
+    /// The log cap and this node's name (its data directory's epoch), as every script's
     /// `<max_len>:<node>` argument: a logged change names the node that asked for it.
-    node: String,
     append_spec: String,
     /// `<max fields> <ttl ms>` of each room's dedup generations, for the send script.
     dedup_window: String,
@@ -217,9 +220,9 @@ impl Cluster {
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
             sends_webhooks_until: AtomicU64::new(0),
+            lease_name: format!("{node}/{:016x}", fastrand::u64(..)),
             append_spec: format!("{}:{node}", config.log_max_len),
             dedup_window: format!("{} {}", config.dedup_max_fields, config.dedup_ttl_ms),
-            node,
         })
     }
 

@@ -32,7 +32,7 @@ impl Cluster {
             .scripts
             .lease
             .key(SENDER_KEY)
-            .arg(&self.node)
+            .arg(&self.lease_name)
             .arg(LEASE_TTL_MS)
             .invoke_async(&mut conn)
             .await;
