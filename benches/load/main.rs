@@ -115,7 +115,9 @@ fn main() {
     // LOAD_WEBHOOKS=1 measures only durable writes with webhooks on and off, and the
     // events' delivery lag at 1,000 msgs/s (scenario 7).
     if std::env::var_os("LOAD_WEBHOOKS").is_some() {
-        print_webhooks(&webhooks::run(measure));
+        for results in webhooks::run(measure) {
+            print_webhooks(&results);
+        }
         return;
     }
     // LOAD_RESUME=N measures only the app's start-up after time away (scenario 6), with N
@@ -451,9 +453,10 @@ fn print_resume(outcome: &resume::Outcome) {
 fn print_webhooks(results: &webhooks::Results) {
     let (without, with) = (results.without.sent_per_s, results.with.sent_per_s);
     println!(
-        "7: durable writes (100 rooms x 1, saturation): {without:.0} msgs/s without webhooks, \
-         {with:.0} msgs/s with them ({:.2}x); at {} msgs/s, {} events delivered, lag p50 \
-         {:.1} ms, p99 {:.1} ms",
+        "{}: 7: durable writes (100 rooms x 1, saturation): {without:.0} msgs/s without \
+         webhooks, {with:.0} msgs/s with them ({:.2}x); at {} msgs/s, {} events delivered, \
+         lag p50 {:.1} ms, p99 {:.1} ms",
+        results.served_by,
         with / without,
         results.rate,
         results.delivered,

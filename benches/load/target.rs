@@ -100,6 +100,11 @@ impl Target {
     /// `nodes` chat-engine nodes in cluster mode on one new redis-server (AOF, fsync on
     /// every write), all pinned with the servers; `None` where redis-server is missing.
     pub fn chat_engine_cluster(nodes: usize) -> Option<Target> {
+        Self::chat_engine_cluster_with(nodes, "")
+    }
+
+    /// [`Target::chat_engine_cluster`] with `extra_config` on every node.
+    pub fn chat_engine_cluster_with(nodes: usize, extra_config: &str) -> Option<Target> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -128,7 +133,8 @@ impl Target {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let cluster = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
+        let cluster =
+            format!("{extra_config}[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
         // Each node answers once it has connected to Redis and read every log; the first
         // finds Redis empty, the others find it named and hold no position yet.
         let mut ready = Vec::new();

@@ -12,6 +12,8 @@ use crate::fanout::{self, Load, Outcome, Shape};
 use crate::target::Target;
 
 pub struct Results {
+    /// What served the load: "one node" or "cluster, 2 nodes".
+    pub served_by: &'static str,
     pub without: Outcome,
     pub with: Outcome,
     /// Events the receiver got during the rate run, and their lag (event `ts` to arrival).
@@ -27,15 +29,34 @@ const SHAPE: Shape = Shape {
     client_msg_ids: false,
 };
 
-pub fn run(measure: Duration) -> Results {
+/// On one node, and (with the `redis` feature and redis-server) on a two-node cluster,
+/// where every node writes every event and one sends them.
+pub fn run(measure: Duration) -> Vec<Results> {
+    let one = |config: &str| Some(Target::chat_engine_with(config));
+    let mut results: Vec<Results> = run_on("one node", one, measure).into_iter().collect();
+    if cfg!(feature = "redis") {
+        let cluster = |config: &str| Target::chat_engine_cluster_with(2, config);
+        results.extend(run_on("cluster, 2 nodes", cluster, measure));
+    }
+    results
+}
+
+/// `None` when `target` cannot be started (no redis-server).
+fn run_on(
+    served_by: &'static str,
+    target: impl Fn(&str) -> Option<Target>,
+    measure: Duration,
+) -> Option<Results> {
     let saturate = Load::Saturation { window: 32 };
-    let without = fanout::run(&Target::chat_engine(), SHAPE, saturate, measure);
+    let plain = target("")?;
+    let without = fanout::run(&plain, SHAPE, saturate, measure);
+    drop(plain);
     let receiver = Receiver::start();
     let config = format!(
         "[webhooks]\nurl = \"http://{}/events\"\nsecret = \"bench\"\nevents = [\"message\"]\n",
         receiver.addr
     );
-    let engine = Target::chat_engine_with(&config);
+    let engine = target(&config)?;
     let with = fanout::run(&engine, SHAPE, saturate, measure);
     // Let the outbox drain, then measure the lag at a moderate rate.
     std::thread::sleep(Duration::from_secs(3));
@@ -44,13 +65,14 @@ pub fn run(measure: Duration) -> Results {
     fanout::run(&engine, SHAPE, Load::Rate(rate), measure);
     std::thread::sleep(Duration::from_millis(500));
     let (delivered, lag_us) = receiver.take();
-    Results {
+    Some(Results {
+        served_by,
         without,
         with,
         delivered,
         lag_us,
         rate,
-    }
+    })
 }
 
 /// An HTTP/1.1 receiver that answers 204 and records each event's lag.
