@@ -146,8 +146,11 @@ pub struct Cluster {
     /// data, shard count differs): it stays not ready until an operator acts.
     broken: Mutex<Option<String>>,
     typing_in_flight: AtomicUsize,
-    /// Until when (ms) this node holds the webhook sender lease; 0 when it does not.
+    /// Until when (ms after `started`) this node holds the webhook sender lease; 0 when it
+    /// does not.
     sends_webhooks_until: AtomicU64,
+    /// What `sends_webhooks_until` counts from: a clock that never steps back.
+    started: std::time::Instant,
     /// The name it holds the lease under: its own per process, since a node seeded from a
     /// backup of another has that node's name.
     lease_name: String,
@@ -220,6 +223,7 @@ impl Cluster {
             broken: Mutex::new(None),
             typing_in_flight: AtomicUsize::new(0),
             sends_webhooks_until: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             lease_name: format!("{node}/{:016x}", fastrand::u64(..)),
             append_spec: format!("{}:{node}", config.log_max_len),
             dedup_window: format!("{} {}", config.dedup_max_fields, config.dedup_ttl_ms),
@@ -651,10 +655,14 @@ impl Cluster {
                 Ok(None) if self.broken().is_none() => self.set_broken(
                     "Redis lost its data while this node was connected (was it flushed?)".into(),
                 ),
-                Ok(_) => {
-                    if engine.config().webhooks.url.is_some() {
-                        self.renew_lease(conn).await;
-                    }
+                Ok(_) => {}
+            }
+            if engine.config().webhooks.url.is_some() {
+                // Only a node that applies the logs writes the events to send.
+                if self.is_ready() {
+                    self.renew_lease(conn).await;
+                } else {
+                    self.give_up_lease();
                 }
             }
             self.link.until_broken(PING_EVERY).await;

@@ -16,18 +16,20 @@ use super::scripts::{DELIVERED_KEY, SENDER_KEY};
 use super::{Cluster, Conn};
 use crate::engine::Delivered;
 use crate::error::Error;
-use crate::protocol::now_ms;
 
 /// How long the lease lasts unless renewed.
 pub const LEASE_TTL_MS: u64 = 5_000;
 /// How much sooner than Redis the holder deems its lease gone, for the time a renewal
-/// takes and clocks that run at slightly different rates.
+/// takes and clocks that run at slightly different rates. (A request already out when the
+/// lease runs out may still be answered after another node started sending: that costs
+/// duplicates, never order, since each node sends every stream in order.)
 const LEASE_MARGIN_MS: u64 = 1_000;
 
 impl Cluster {
-    /// Takes or renews the sender lease; called every second while Redis is reachable.
+    /// Takes or renews the sender lease; called every second while Redis is reachable and
+    /// this node is ready.
     pub(super) async fn renew_lease(&self, mut conn: Conn) {
-        let asked = now_ms();
+        let asked = self.elapsed_ms();
         let held: Result<u8, _> = self
             .scripts
             .lease
@@ -44,6 +46,16 @@ impl Cluster {
                 0
             }
         };
+        self.hold_lease_until(until);
+    }
+
+    /// Stops sending at once (the node is not ready); another node takes the lease once it
+    /// runs out.
+    pub(super) fn give_up_lease(&self) {
+        self.hold_lease_until(0);
+    }
+
+    fn hold_lease_until(&self, until: u64) {
         let was = self.sends_webhooks_until.swap(until, Ordering::AcqRel);
         if (was == 0) != (until == 0) {
             let now = if until == 0 {
@@ -55,8 +67,13 @@ impl Cluster {
         }
     }
 
+    /// Milliseconds since start-up, on a clock that never steps back.
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     pub(super) fn sends_webhooks(&self) -> bool {
-        now_ms() < self.sends_webhooks_until.load(Ordering::Acquire)
+        self.elapsed_ms() < self.sends_webhooks_until.load(Ordering::Acquire)
     }
 
     pub(super) async fn record_delivered(&self, delivered: &[Delivered]) -> Result<(), Error> {
