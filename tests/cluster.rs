@@ -461,10 +461,18 @@ fn a_redis_flushed_under_live_nodes_makes_them_not_ready() {
     if !available("a_redis_flushed_under_live_nodes_makes_them_not_ready") {
         return;
     }
-    let (redis, a, b) = redis_and_two_nodes();
+    let receiver = common::receiver::Receiver::start();
+    let hooks = format!("[webhooks]\nurl = \"{}\"\nsecret = \"s\"\n", receiver.url());
+    let (redis, a, b) = redis_and_two_nodes_with(&hooks);
     a.create_room("trip", "driver");
     a.post_message("trip", json!({"text": "before"}));
     assert_eq!(b.history("trip").len(), 1, "b applied it before the flush");
+    let sender = || command_reply(redis.port, "GET ce:webhooks:sender");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sender().as_deref() == Some("$-1") {
+        assert!(Instant::now() < deadline, "a node takes the webhook lease");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         command_reply(redis.port, "FLUSHALL").as_deref(),
         Some("+OK")
@@ -472,6 +480,9 @@ fn a_redis_flushed_under_live_nodes_makes_them_not_ready() {
     // Redis no longer knows the room: serving it as never created would be wrong.
     a.wait_ready(false);
     b.wait_ready(false);
+    // Nor does a node that cannot apply the logs send webhooks: neither takes the lease.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(sender().as_deref(), Some("$-1"), "nobody holds the lease");
     for node in [&a, &b] {
         let (status, reply) = post(node, "trip", json!({"text": "after"}));
         assert_eq!(
