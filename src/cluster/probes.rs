@@ -11,6 +11,7 @@ use futures_channel::oneshot;
 use redis::streams::StreamRangeReply;
 
 use super::scripts::log_key;
+use super::sends::next_batch;
 use super::{Cluster, LogPosition};
 use crate::error::Error;
 
@@ -53,14 +54,7 @@ impl Cluster {
     /// queued reads asked about.
     pub(super) async fn probe_queued(&self, queue: &ProbeQueue) {
         let mut batch = Vec::new();
-        while let Ok(first) = queue.rx.recv().await {
-            batch.push(first);
-            while batch.len() < QUEUED {
-                match queue.rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
+        while next_batch(&queue.rx, QUEUED, &mut batch).await {
             let shards: BTreeSet<u16> = batch.iter().flat_map(|a| a.shards.clone()).collect();
             let ends = self.log_ends(&shards).await.ok().map(Arc::new);
             for asked in batch.drain(..) {

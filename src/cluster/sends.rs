@@ -61,14 +61,7 @@ impl Cluster {
     pub(super) async fn send_queued(&self, queue: &SendQueue) {
         let per_call = self.config.sends_per_call;
         let mut batch = Vec::with_capacity(per_call);
-        while let Ok(first) = queue.rx.recv().await {
-            batch.push(first);
-            while batch.len() < per_call {
-                match queue.rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
+        while next_batch(&queue.rx, per_call, &mut batch).await {
             let (sends, answers): (Vec<SendArgs>, Vec<_>) =
                 batch.drain(..).map(|q| (q.send, q.answer)).unzip();
             match self.call_send(&sends).await {
@@ -104,4 +97,24 @@ impl Cluster {
         }
         Ok(replies)
     }
+}
+
+/// Waits for the next item of `rx`, then takes what else is queued, up to `max` in all, into
+/// the empty `batch`: what one Redis call serves. `false` once `rx` is closed.
+pub(super) async fn next_batch<T>(
+    rx: &async_channel::Receiver<T>,
+    max: usize,
+    batch: &mut Vec<T>,
+) -> bool {
+    let Ok(first) = rx.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    true
 }

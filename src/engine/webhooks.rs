@@ -144,9 +144,7 @@ impl Engine {
     ) -> Result<bool, String> {
         let config = &self.inner.config.webhooks;
         let storage = &self.inner.storage;
-        self.resolve_notifies().map_err(|e| e.to_string())?;
-        self.drop_over_max_pending(cursor)
-            .map_err(|e| e.to_string())?;
+        self.tend_outbox(cursor).map_err(|e| e.to_string())?;
         let events = storage
             .events(*cursor, config.batch_size)
             .map_err(|e| e.to_string())?;
@@ -229,9 +227,7 @@ impl Engine {
     /// node's endpoint acknowledged. `Ok(true)` when it dropped any.
     fn drop_delivered_elsewhere(&self, cursor: &mut u64) -> Result<bool, String> {
         let storage = &self.inner.storage;
-        self.resolve_notifies().map_err(|e| e.to_string())?;
-        self.drop_over_max_pending(cursor)
-            .map_err(|e| e.to_string())?;
+        self.tend_outbox(cursor).map_err(|e| e.to_string())?;
         // More than one batch: the sender's batches interleave streams in its own order.
         let window = self.inner.config.webhooks.batch_size.saturating_mul(10);
         let events = storage.events(*cursor, window).map_err(|e| e.to_string())?;
@@ -242,29 +238,29 @@ impl Engine {
         streams.dedup();
         let marks = smol::block_on(self.inner.authority.webhooks_delivered_elsewhere(&streams))
             .map_err(|e| e.to_string())?;
-        let delivered = |position: &Option<(&str, u64)>| {
-            let Some((stream, seq)) = position else {
-                return false;
-            };
-            let at = streams.binary_search(stream).ok();
-            at.and_then(|i| marks.get(i).copied().flatten())
-                .is_some_and(|mark| mark >= *seq)
-        };
-        let dropped: Vec<u64> = events
+        let delivered: Vec<bool> = positions
             .iter()
-            .zip(&positions)
-            .filter(|(_, position)| delivered(position))
-            .map(|((number, _), _)| *number)
+            .map(|position| {
+                let Some((stream, seq)) = position else {
+                    return false;
+                };
+                let at = streams.binary_search(stream).ok();
+                at.and_then(|i| marks.get(i).copied().flatten())
+                    .is_some_and(|mark| mark >= *seq)
+            })
             .collect();
-        if dropped.is_empty() {
+        let numbers = events.iter().map(|(number, _)| *number);
+        let dropped: Vec<u64> = numbers
+            .clone()
+            .zip(&delivered)
+            .filter_map(|(number, &delivered)| delivered.then_some(number))
+            .collect();
+        let Some(&last_dropped) = dropped.last() else {
             return Ok(false);
-        }
+        };
         // The cursor moves past the leading run of dropped events only.
-        let kept = events
-            .iter()
-            .zip(&positions)
-            .find(|(_, position)| !delivered(position));
-        *cursor = kept.map_or_else(|| dropped[dropped.len() - 1] + 1, |((n, _), _)| *n);
+        let kept = numbers.zip(&delivered).find(|(_, &delivered)| !delivered);
+        *cursor = kept.map_or(last_dropped + 1, |(number, _)| number);
         let mut done = Batch::new();
         done.events_delivered(dropped.iter().copied());
         storage
@@ -296,6 +292,13 @@ impl Engine {
             }
         }
         Ok(Some(event.to_string().into_bytes()))
+    }
+
+    /// What every pass over the outbox does first, sending or not: the notifies that fell
+    /// due go in, and the oldest events over `webhooks.max_pending` go out.
+    fn tend_outbox(&self, cursor: &mut u64) -> Result<(), Error> {
+        self.resolve_notifies()?;
+        self.drop_over_max_pending(cursor)
     }
 
     /// Turns the pending notifies that are due into `notify` events, naming the members who
