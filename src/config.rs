@@ -199,7 +199,8 @@ pub struct HistoryConfig {
 pub struct LimitsConfig {
     /// `text` plus `data` (as JSON) of one message.
     pub max_message_bytes: usize,
-    /// One WebSocket frame; a larger one closes the connection with 1009.
+    /// One WebSocket frame; a larger one closes the connection with 1009. A `resume` frame
+    /// may be larger: see `max_resume_frame_bytes`.
     pub max_frame_bytes: usize,
     /// One REST request body; a larger one gets 413.
     pub max_body_bytes: usize,
@@ -219,6 +220,21 @@ pub struct LimitsConfig {
     pub ping_interval_ms: u64,
     /// A connection that sends nothing (not even a pong) for this long is dropped as dead.
     pub idle_timeout_ms: u64,
+}
+
+/// What one listed room may take of a `resume` frame: a 128-byte id, its seq and epoch, and
+/// room for the spacing a JSON encoder adds.
+const RESUME_BYTES_PER_ROOM: usize = 256;
+
+impl LimitsConfig {
+    /// The largest `resume` frame: `max_resume_rooms` rooms with the longest ids fit (direct
+    /// rooms alone would not fit in `max_frame_bytes`), with `max_frame_bytes` to spare, so
+    /// that listing too many rooms is answered `bad_request` rather than closing with 1009.
+    pub fn max_resume_frame_bytes(&self) -> usize {
+        self.max_resume_rooms
+            .saturating_mul(RESUME_BYTES_PER_ROOM)
+            .saturating_add(self.max_frame_bytes)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

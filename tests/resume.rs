@@ -138,6 +138,39 @@ fn resume_refuses_too_many_rooms_and_bad_limits() {
 }
 
 #[test]
+fn a_resume_of_as_many_rooms_as_allowed_fits_however_long_their_ids() {
+    // Default limits: 1,000 rooms of 128-byte ids make a frame far over max_frame_bytes.
+    let server = TestServer::start();
+    let long = |i: usize| format!("{i:04}-{}", "r".repeat(123));
+    server.create_room(&long(0), "driver");
+    server.add_member(&long(0), "rider");
+    let mut rider = server.ws("rider");
+    let epoch = rider.rooms()[0]["epoch"].clone();
+    let listing = |n: usize| -> Value {
+        (0..n)
+            .map(|i| (long(i), json!({"seq": 0, "epoch": epoch})))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let all = listing(1000);
+    assert!(all.to_string().len() > 65_536);
+    let reply = resume(&mut rider, all, None);
+    assert_eq!(reply["left"].as_array().map(Vec::len), Some(999));
+    assert_eq!(reply["rooms"][0]["room_id"], json!(long(0)));
+
+    // One more is refused as the contract says, and the connection stays open.
+    let error = rider.request_err(
+        json!({"type": "resume", "rooms": listing(1001)}),
+        "bad_request",
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("at most 1000"),
+        "{error}"
+    );
+    assert_eq!(rider.request(json!({"type": "ping"}))["type"], "pong");
+}
+
+#[test]
 fn resume_pages_by_100_at_most_500_and_names_closed_rooms_left() {
     let server = TestServer::start();
     server.create_room("long", "driver");

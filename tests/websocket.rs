@@ -951,6 +951,20 @@ fn frame_over_max_frame_bytes_closes_with_1009() {
         vec![1],
         "the oversized frame stored nothing"
     );
+
+    // Only `resume` may be larger than max_frame_bytes, up to its own bound; a frame over
+    // that is cut off while it is read.
+    let mut c = server.ws("u1");
+    let padding = "x".repeat(4000);
+    c.send_json(&json!({"type": "rooms", "padding": padding}));
+    assert_eq!(c.expect_close(RECV_TIMEOUT), Some(1009));
+    let mut c = server.ws("u1");
+    let listed = json!({"r1": {"seq": 0, "epoch": "e"}});
+    let reply = c.request(json!({"type": "resume", "rooms": listed, "padding": padding}));
+    assert_eq!(reply["type"], "resumed");
+    let huge = "x".repeat(server.config.limits.max_resume_frame_bytes() + 1);
+    c.send_json(&json!({"type": "resume", "rooms": {}, "padding": huge}));
+    assert_eq!(c.expect_close(RECV_TIMEOUT), Some(1009));
 }
 
 #[test]

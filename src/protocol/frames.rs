@@ -434,6 +434,14 @@ pub struct ReadFields {
 
 /// Parses one text frame. On failure the error carries the request's `id` when it could be
 /// read, so the client can match the `error` to its request.
+/// Whether a frame is a `resume`: the one frame that may be larger than
+/// `limits.max_frame_bytes`, since it lists up to `limits.max_resume_rooms` rooms.
+pub fn is_resume(text: &str) -> bool {
+    serde_json::from_str::<Head>(text).is_ok_and(
+        |head| matches!(head.kind, Some(Value::String(kind)) if kind == RequestKind::Resume.name()),
+    )
+}
+
 pub fn parse_request(text: &str) -> Result<Request, (Option<RequestId>, Error)> {
     // serde would read a struct from a JSON array too; frames are objects only.
     if !text.trim_start().starts_with('{') {

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use frames::{
-    encode, parse_request, AnyRequestId, Cached, Components, Frame, HistoryQuery, Request,
-    RequestBody, RequestId, RequestKind, Resume, RoomsPage, ServerFrame, DEFAULT_RESUME_LIMIT,
-    MAX_ROOMS_LIMIT,
+    encode, is_resume, parse_request, AnyRequestId, Cached, Components, Frame, HistoryQuery,
+    Request, RequestBody, RequestId, RequestKind, Resume, RoomsPage, ServerFrame,
+    DEFAULT_RESUME_LIMIT, MAX_ROOMS_LIMIT,
 };
 pub use ids::{Id, RoomId, UserId, MAX_ID_BYTES};
 

@@ -25,7 +25,8 @@ use crate::engine::{
 };
 use crate::error::Error;
 use crate::protocol::{
-    encode, now_ms, parse_request, Frame, Request, RequestBody, RequestId, RoomId, ServerFrame,
+    encode, is_resume, now_ms, parse_request, Frame, Request, RequestBody, RequestId, RoomId,
+    ServerFrame,
 };
 use rate::TokenBucket;
 
@@ -49,9 +50,11 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &engine.config().limits;
+    // Frames are read up to the size of the largest `resume`; any other frame over
+    // `max_frame_bytes` is refused once read (`read_loop`).
     let config = WebSocketConfig::default()
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes))
+        .max_message_size(Some(limits.max_resume_frame_bytes()))
+        .max_frame_size(Some(limits.max_resume_frame_bytes()))
         // Client frames are small; a larger frame is read in several chunks.
         .read_buffer_size(1024)
         // Frames fed before a flush collect here and leave in one write: with 0 every frame
@@ -168,6 +171,15 @@ where
             continue;
         }
         let reply = match incoming {
+            Ok(WsMessage::Text(text))
+                if text.len() > limits.max_frame_bytes && !is_resume(text.as_str()) =>
+            {
+                let why = format!(
+                    "a frame of {} bytes, over limits.max_frame_bytes",
+                    text.len()
+                );
+                return fail(shared, close_code::TOO_BIG, "too_large", why).await;
+            }
             Ok(WsMessage::Text(text)) => match parse_request(text.as_str())
                 .and_then(|request| request.validated(limits.max_message_bytes))
             {
@@ -194,19 +206,17 @@ where
             Ok(_) => continue,
             // A frame too large, or text that is not UTF-8: the connection fails with its
             // close code, and reads stop.
-            Err(e @ (tungstenite::Error::Capacity(_) | tungstenite::Error::Utf8(_))) => {
-                let (code, counted) = match e {
-                    tungstenite::Error::Capacity(_) => (close_code::TOO_BIG, "too_large"),
-                    _ => (close_code::INVALID_PAYLOAD, "bad_request"),
-                };
-                log::info!(
-                    "closing connection {} of {}: {e}",
-                    connection.id,
-                    connection.user
-                );
-                engine.metrics().count_error(counted);
-                connection.close(code);
-                return std::future::pending().await;
+            Err(e @ tungstenite::Error::Capacity(_)) => {
+                return fail(shared, close_code::TOO_BIG, "too_large", e.to_string()).await;
+            }
+            Err(e @ tungstenite::Error::Utf8(_)) => {
+                return fail(
+                    shared,
+                    close_code::INVALID_PAYLOAD,
+                    "bad_request",
+                    e.to_string(),
+                )
+                .await;
             }
             Err(_) => return,
         };
@@ -220,6 +230,19 @@ where
             closed_for_bad_frames = Some(false);
         }
     }
+}
+
+/// Fails the connection with its close code, counting the error, and stops reading.
+async fn fail(shared: &Shared<'_>, code: u16, counted: &str, why: String) {
+    let connection = shared.connection;
+    log::info!(
+        "closing connection {} of {}: {why}",
+        connection.id,
+        connection.user
+    );
+    shared.engine.metrics().count_error(counted);
+    connection.close(code);
+    std::future::pending().await
 }
 
 /// A reply on its way, in request order: ready at once, or once a send is durable.
